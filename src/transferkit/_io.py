@@ -1,0 +1,67 @@
+"""Safe reading and atomic writing of weights (safetensors) and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from transferkit.errors import UnsafeFileError
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Reads a safetensors file; anything else or a malformed file raises ``UnsafeFileError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeFileError(f"Weights file {str(path)!r} does not exist.")
+    if path.suffix != ".safetensors":
+        raise UnsafeFileError(
+            f"Weights file {str(path)!r} is not a .safetensors file. transferkit loads weights "
+            "only from safetensors (pickled checkpoints can run code when loaded); convert it with "
+            "`safetensors.torch.save_file(torch.load(p, weights_only=True), 'model.safetensors')`."
+        )
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UnsafeFileError(f"Weights file {str(path)!r} is not a valid safetensors file: {e}") from None
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Writes tensors as safetensors atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_json(path: Path, obj) -> None:
+    """Writes JSON atomically, keys sorted, one trailing newline."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UnsafeFileError(f"Expected JSON file {str(path)!r} is missing.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnsafeFileError(f"{str(path)!r} is not valid JSON: {e}") from None
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,202 @@
+"""The ``transferkit`` command: a thin Typer layer over ``transferkit.pipeline``.
+
+Heavy libraries are imported inside commands, so ``transferkit --help`` starts fast. Errors
+caused by input print one line and exit with code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning: choose a pretrained source, adapt it to your task, evaluate honestly.")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+
+
+# Options shared by `fit` and `demo`; None means "not given" so a --config file can supply it.
+Opt = typer.Option
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="Image folder (one subfolder per class) or text table (csv/jsonl/parquet).")],
+    source: Annotated[str, Opt(help="Source id, e.g. mobilenet_v2, minilm, timm:resnet18, run:DIR.")] = "mobilenet_v2",
+    strategy: Annotated[Optional[str], Opt(help="Transfer strategy (see `transferkit strategies`).")] = None,
+    out: Annotated[Path, Opt(help="Run directory to write.")] = Path("runs/latest"),
+    config: Annotated[Optional[Path], Opt(help="YAML/JSON file of options; flags override it.")] = None,
+    epochs: Annotated[Optional[int], Opt(help="Fine-tuning epochs.")] = None,
+    probe_epochs: Annotated[Optional[int], Opt(help="Epochs for heads on cached features.")] = None,
+    lr: Annotated[Optional[float], Opt(help="Fine-tuning learning rate.")] = None,
+    probe_lr: Annotated[Optional[float], Opt(help="Learning rate for heads on cached features.")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Batch size per process.")] = None,
+    grad_accum: Annotated[Optional[int], Opt(help="Gradient accumulation steps.")] = None,
+    image_size: Annotated[Optional[int], Opt(help="Image side in pixels (default: the source's).")] = None,
+    max_length: Annotated[Optional[int], Opt(help="Token limit for text sources.")] = None,
+    seed: Annotated[Optional[int], Opt(help="Seed for splits, init and data order.")] = None,
+    precision: Annotated[Optional[str], Opt(help="no, bf16 or fp16.")] = None,
+    patience: Annotated[Optional[int], Opt(help="Early-stopping patience in epochs (0 = off).")] = None,
+    head_hidden: Annotated[Optional[int], Opt(help="Hidden width of the head (0 = linear).")] = None,
+    head_dropout: Annotated[Optional[float], Opt(help="Dropout in the head.")] = None,
+    freeze: Annotated[Optional[list[str]], Opt(help="Layer group or parameter wildcard to keep frozen (repeatable).")] = None,
+    lr_decay: Annotated[Optional[float], Opt(help="Per-group LR factor toward the input (layerwise_lr).")] = None,
+    init_mix: Annotated[Optional[float], Opt(help="Mixed init: (1-β)·source + β·fresh for shared layers.")] = None,
+    wise_ft: Annotated[Optional[bool], Opt("--wise-ft/--no-wise-ft", help="Choose a WiSE-FT α on validation.")] = None,
+    baseline: Annotated[Optional[bool], Opt("--baseline/--no-baseline", help="Train the no-transfer baseline.")] = None,
+    augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="Light augmentation while fine-tuning.")] = None,
+    text_column: Annotated[Optional[str], Opt(help="Text column of a table.")] = None,
+    label_column: Annotated[Optional[str], Opt(help="Label column of a table.")] = None,
+    skip_bad: Annotated[Optional[bool], Opt("--skip-bad", help="Skip unreadable examples instead of failing.")] = None,
+    num_workers: Annotated[Optional[int], Opt(help="DataLoader workers.")] = None,
+    quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Transfer a source model to your data, train, evaluate on the test split next to a baseline."""
+    given = {k: v for k, v in locals().items()
+             if v is not None and k not in ("data", "source", "out", "config", "quiet")}
+    _fit_and_show(data, source, out, given, config, quiet)
+
+
+def _fit_and_show(data: Path, source: str, out: Path, options: dict, config: Path | None, quiet: bool) -> None:
+    from transferkit.config import FitConfig
+    from transferkit.pipeline import fit as run_fit
+
+    cfg = FitConfig.from_file(config, **options) if config else FitConfig.from_dict(options)
+    run = run_fit(data, source=source, strategy=cfg.strategy, out=out, config=cfg, verbose=not quiet)
+    _show_result(run.metrics, out)
+
+
+def _show_result(metrics: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from transferkit.evaluation.report import verdict
+
+    table = Table(title=f"{metrics['source']} · {metrics['strategy']}")
+    table.add_column("")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("test macro-F1", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row("transfer", f"{metrics['test_accuracy']:.4f}", f"{metrics['test_macro_f1']:.4f}",
+                  f"{metrics['train_seconds']:.1f}")
+    if "baseline_test_accuracy" in metrics:
+        table.add_row("no-transfer baseline", f"{metrics['baseline_test_accuracy']:.4f}",
+                      f"{metrics['baseline_test_macro_f1']:.4f}", f"{metrics['baseline_seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(verdict(metrics).replace("**", ""))
+    console.print(f"Run directory: {out} (report.md, metrics.json, model.safetensors)")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, Opt(help="Run directory to write.")] = Path("runs/demo"),
+    quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run the whole flow on the embedded digits dataset (about a minute on 2 CPU cores)."""
+    from transferkit.datasets import DEMO
+
+    typer.echo(f"Demo: {DEMO.description}\nSource {DEMO.source}, strategy {DEMO.options['strategy']}, writing {out}")
+    _fit_and_show(DEMO.path, DEMO.source, out, dict(DEMO.options), None, quiet)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `transferkit fit`.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files/folders, or texts / a text table for text runs.")],
+    output: Annotated[Path, Opt(help="CSV to write.")] = Path("predictions.csv"),
+) -> None:
+    """Predict labels and class probabilities; writes a CSV."""
+    import time
+
+    from transferkit.pipeline import load_run
+    from transferkit.predict import expand_inputs, write_predictions
+
+    loaded = load_run(run)
+    examples = expand_inputs(inputs, loaded)
+    started = time.perf_counter()
+    proba = loaded.predict_proba(examples)
+    seconds = time.perf_counter() - started
+    write_predictions(output, examples, proba, loaded.classes["label"])
+    typer.echo(f"Wrote {len(examples)} predictions to {output} ({len(examples) / max(seconds, 1e-9):.1f} examples/s).")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `transferkit fit`.")],
+    data: Annotated[Path, typer.Argument(help="Data with the run's classes.")],
+    split: Annotated[str, Opt(help="Split to evaluate: train, val or test.")] = "test",
+) -> None:
+    """Evaluate a run on a split of a dataset."""
+    from transferkit.errors import ConfigError
+    from transferkit.pipeline import load_run
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"`--split` must be train, val or test; got {split!r}.")
+    m = load_run(run).evaluate(data, split)
+    typer.echo(f"{split} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+
+
+@app.command()
+def sources() -> None:
+    """List the packaged sources and the id schemes for hub and local models."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from transferkit.sources import list_sources
+
+    table = Table(title="Packaged sources (offline, real pretrained weights)")
+    for col in ("id", "modality", "architecture", "features", "weights", "licence"):
+        table.add_column(col)
+    for s in list_sources():
+        table.add_row(s.name, s.modality, s.architecture, str(s.feature_dim or "-"), s.weights, s.license)
+    console = Console()
+    console.print(table)
+    console.print("Schemes: timm:<name>  torchvision:<name>  hf:<hub id or dir>  st:<id or dir>  "
+                  "file:<model.safetensors> (+ .json naming the architecture)  run:<run dir>.  "
+                  "Append @random to any id for the same architecture with random weights.")
+
+
+@app.command()
+def strategies() -> None:
+    """List the transfer strategies."""
+    from transferkit.strategies import list_strategies
+
+    width = max(len(n) for n, _ in list_strategies())
+    for name, summary in list_strategies():
+        typer.echo(f"{name:<{width}}  {summary}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app; input errors print one line and exit with code 2."""
+    import click
+
+    from transferkit.errors import TransferKitError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=argv, standalone_mode=False, prog_name="transferkit")
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except TransferKitError as e:
+        if _state["debug"] or "--debug" in argv:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

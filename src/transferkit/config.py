@@ -1,0 +1,179 @@
+"""Run configuration: one dataclass, validated on creation, round-tripped through JSON/YAML.
+
+Unknown keys are an error that names the key (a typo must never be silently ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from transferkit.errors import ConfigError
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class FitConfig:
+    """Every option of ``transferkit fit``; the CLI flag is the field name with dashes.
+
+    Attributes:
+        strategy: Transfer strategy name (see ``transferkit strategies``).
+        epochs: Training epochs over the train split (fine-tuning stages).
+        probe_epochs: Epochs for heads fitted on cached features (``linear_probe``, LP stage of ``lp_ft``).
+        lr: Peak learning rate of the fine-tuning stages.
+        probe_lr: Learning rate for heads fitted on cached features.
+        batch_size: Examples per optimiser step and process (before accumulation).
+        grad_accum: Gradient accumulation steps.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: Fraction of steps with linear warm-up before the cosine decay.
+        patience: Early-stopping patience in epochs on validation accuracy (0 disables).
+        precision: "no", "bf16" or "fp16" (Accelerate mixed precision).
+        seed: Seed for splits, initialisation, data order and augmentation.
+        image_size: Input side in pixels for image sources (default: the source's own).
+        max_length: Token limit for text sources (default: the source's own).
+        val_fraction, test_fraction: Split sizes when the data has no given splits.
+        head_hidden: Width of a hidden layer in the head (0 = a single linear layer).
+        head_dropout: Dropout before the head's last layer.
+        freeze: Layer-group names or parameter-name wildcards kept frozen in every stage.
+        augment: Light data augmentation during fine-tuning (images).
+        baseline: Train the no-transfer baseline next to the transfer run.
+        baseline_lr: Learning rate for the baseline trained from random initialisation.
+        lr_decay: Per-group learning-rate factor toward the input (``layerwise_lr``).
+        l2sp_alpha, l2sp_beta: L2-SP weights for shared and new layers (``l2sp``).
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout (``lora``).
+        init_mix: Mixed initialisation, shared layers = (1-β)·source + β·fresh.
+        wise_ft: Choose a WiSE-FT interpolation between source and fine-tuned weights on validation.
+        num_workers: DataLoader worker processes.
+        text_column, label_column, split_column: Column names for tables.
+        skip_bad: Skip unreadable examples (reported) instead of failing.
+        checkpoint_every: Save a resumable checkpoint every N optimiser steps (0 = epoch ends only).
+        keep_checkpoints: How many checkpoints to keep.
+        report_to: Experiment trackers through Accelerate ("tensorboard", "mlflow").
+    """
+
+    strategy: str = "linear_probe"
+    epochs: int = 5
+    probe_epochs: int = 60
+    lr: float = 1e-4
+    probe_lr: float = 3e-3
+    batch_size: int = 32
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    patience: int = 0
+    precision: str = "no"
+    seed: int = 0
+    image_size: int | None = None
+    max_length: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    head_hidden: int = 0
+    head_dropout: float = 0.0
+    freeze: list[str] = field(default_factory=list)
+    augment: bool = True
+    baseline: bool = True
+    baseline_lr: float = 1e-3
+    lr_decay: float = 0.7
+    l2sp_alpha: float = 0.01
+    l2sp_beta: float = 0.01
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    init_mix: float = 0.0
+    wise_ft: bool = False
+    num_workers: int = 0
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str = "split"
+    skip_bad: bool = False
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    report_to: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "probe_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "keep_checkpoints")
+        _positive_float(self, "lr", "probe_lr", "baseline_lr")
+        _in_range(self, "weight_decay", 0.0, 10.0)
+        _in_range(self, "warmup_ratio", 0.0, 0.9)
+        _in_range(self, "val_fraction", 0.0, 0.5, closed=False)
+        _in_range(self, "test_fraction", 0.0, 0.5, closed=False)
+        _in_range(self, "head_dropout", 0.0, 0.95)
+        _in_range(self, "lora_dropout", 0.0, 0.95)
+        _in_range(self, "lr_decay", 0.0, 1.0, closed=False, upper_closed=True)
+        _in_range(self, "init_mix", 0.0, 1.0)
+        for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "l2sp_alpha", "l2sp_beta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`--{_flag(name)}` must be >= 0; got {getattr(self, name)!r}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"`--precision` must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        if self.image_size is not None and not 16 <= self.image_size <= 1024:
+            raise ConfigError(f"`--image-size` must be between 16 and 1024 pixels; got {self.image_size!r}.")
+        if self.max_length is not None and not 4 <= self.max_length <= 8192:
+            raise ConfigError(f"`--max-length` must be between 4 and 8192 tokens; got {self.max_length!r}.")
+        for tracker in self.report_to:
+            if tracker not in ("tensorboard", "mlflow"):
+                raise ConfigError(f"`--report-to` takes 'tensorboard' or 'mlflow'; got {tracker!r}.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, origin: str = "options") -> FitConfig:
+        """Builds a config; an unknown key raises ``ConfigError`` naming it."""
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"Unknown option {key!r} in {origin}.{hint} See `transferkit fit --help`.")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> FitConfig:
+        """Reads a YAML or JSON config file; ``overrides`` (e.g. from CLI flags) win."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"`--config` file {str(path)!r} cannot be read: {e.strerror}.") from None
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ConfigError(f"`--config` file {str(path)!r} must hold a mapping of option: value.")
+        return cls.from_dict({**values, **overrides}, origin=f"config file {str(path)!r}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _positive(cfg: FitConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"`--{_flag(name)}` must be a whole number >= 1; got {value!r}.")
+
+
+def _positive_float(cfg: FitConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not 0 < value <= 10:
+            raise ConfigError(f"`--{_flag(name)}` must be in (0, 10]; got {value!r}. Typical values are 1e-5 to 1e-2.")
+
+
+def _in_range(cfg: FitConfig, name: str, low: float, high: float, closed: bool = True, upper_closed: bool | None = None) -> None:
+    value = getattr(cfg, name)
+    upper_closed = closed if upper_closed is None else upper_closed
+    ok_low = value >= low if closed else value > low
+    ok_high = value <= high if upper_closed else value < high
+    if not isinstance(value, (int, float)) or not (ok_low and ok_high):
+        lo, hi = ("[" if closed else "("), ("]" if upper_closed else ")")
+        raise ConfigError(f"`--{_flag(name)}` must be in {lo}{low}, {high}{hi}; got {value!r}.")

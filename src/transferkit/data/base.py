@@ -1,0 +1,100 @@
+"""The target task as transferkit sees it: examples, classes and train/val/test splits."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MODALITIES = ("image", "text", "audio", "sequence")
+
+
+@dataclass
+class Split:
+    """One split of the target data.
+
+    Attributes:
+        examples: Image or audio file paths (``Path``), texts (``str``) or series (``np.ndarray``).
+        labels: Class indices into ``TaskData.classes``, shape (N,), dtype int64.
+    """
+
+    examples: list
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class TaskData:
+    """A labelled target task, split into train, validation and test.
+
+    Attributes:
+        modality: One of ``MODALITIES``.
+        classes: Class names; a label ``i`` means ``classes[i]``.
+        train, val, test: The splits. ``test`` is never used for training or model choice.
+        origin: Where the data came from (a folder or table path), for reports.
+        skipped: ``(file, reason)`` pairs left out by ``skip_bad=True``.
+        split_given: True when the user supplied the splits, False when transferkit made them.
+    """
+
+    modality: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    origin: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_given: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def fingerprint(self) -> str:
+        """A hash of every example's identity and content stamp, the labels and the classes.
+
+        Files contribute path, size and modification time, so an edited file changes the
+        fingerprint without rereading every byte.
+        """
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.classes).encode())
+        for name, split in self.splits().items():
+            h.update(name.encode())
+            for ex in split.examples:
+                h.update(_example_stamp(ex))
+            h.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict:
+        """Counts per split and class, for reports and ``metrics.json``."""
+        counts = {
+            name: {c: int((s.labels == i).sum()) for i, c in enumerate(self.classes)}
+            for name, s in self.splits().items()
+        }
+        return {
+            "modality": self.modality,
+            "origin": self.origin,
+            "classes": list(self.classes),
+            "split_sizes": {name: len(s) for name, s in self.splits().items()},
+            "class_counts": counts,
+            "split_given": self.split_given,
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+        }
+
+
+def _example_stamp(example) -> bytes:
+    if isinstance(example, Path):
+        try:
+            st = example.stat()
+            return f"{example}|{st.st_size}|{st.st_mtime_ns}\n".encode()
+        except OSError:
+            return f"{example}|missing\n".encode()
+    if isinstance(example, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(example).tobytes()).digest()
+    return hashlib.sha256(str(example).encode()).digest()

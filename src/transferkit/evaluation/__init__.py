@@ -1,0 +1,1 @@
+"""Honest evaluation: held-out metrics, a no-transfer baseline, and the run report."""

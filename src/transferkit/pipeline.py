@@ -1,0 +1,271 @@
+"""The whole flow: data -> source -> target model -> strategy -> evaluation -> run directory.
+
+``fit`` trains and evaluates a transfer run next to its no-transfer baseline; ``load_run``
+reloads a run directory for ``predict`` / ``evaluate`` or as the source of another transfer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit import __version__
+from transferkit._io import load_weights, read_json, save_weights, write_json
+from transferkit.config import FitConfig
+from transferkit.data import TaskData, load_task_data
+from transferkit.errors import ConfigError, DataError
+from transferkit.evaluation.metrics import classification_metrics
+from transferkit.sources import SourceModel, build_from_spec, input_pipeline, load_source
+from transferkit.sources.base import Preprocessing
+from transferkit.sources.inputs import ExampleDataset
+from transferkit.strategies import get_strategy
+from transferkit.surgery import DEFAULT_TASK, TargetModel, build_target_model, summarize_transfer_map, transfer_map
+from transferkit.surgery.target import entries_as_dicts
+
+
+@dataclass
+class Run:
+    """A trained target model with everything needed to use, evaluate or transfer it again."""
+
+    model: TargetModel
+    source: SourceModel
+    classes: dict[str, list[str]]
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    directory: Path | None = None
+
+    @property
+    def modality(self) -> str:
+        return self.source.preprocessing.modality
+
+    def predict_proba(self, examples: list, task: str = DEFAULT_TASK, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for raw examples (image paths / PIL images / texts), shape (N, C)."""
+        return predict_proba(self.model, self.source, examples, task, batch_size)
+
+    def predict(self, examples: list, task: str = DEFAULT_TASK) -> list[str]:
+        """Predicted class names for raw examples."""
+        names = self.classes[task]
+        return [names[i] for i in self.predict_proba(examples, task).argmax(1)]
+
+    def evaluate(self, data: str | Path | TaskData, split: str = "test") -> dict:
+        """Metrics of this model on a split of ``data`` (a path or ``TaskData``)."""
+        task = data if isinstance(data, TaskData) else load_task_data(
+            data, **_data_options(FitConfig.from_dict(self.config["fit"])))
+        if task.classes != self.classes[DEFAULT_TASK]:
+            raise DataError(f"The data's classes {task.classes} differ from the run's {self.classes[DEFAULT_TASK]}.")
+        s = task.splits()[split]
+        return classification_metrics(s.labels, self.predict_proba(s.examples).argmax(1), task.classes)
+
+    def as_source(self) -> SourceModel:
+        """This run's shared layers as a source; its trained head becomes the source head."""
+        head = self.model.heads[DEFAULT_TASK]
+        return dataclasses.replace(self.source, backbone=self.model.backbone,
+                                   head=head[-1] if len(head) == 1 else head, id=f"run:{self.directory}")
+
+
+# -- fit -------------------------------------------------------------------------------------
+
+
+def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str = "linear_probe",
+        out: str | Path | None = None, config: FitConfig | None = None, verbose: bool = True, **options) -> Run:
+    """Transfers ``source`` to the target ``data`` with ``strategy`` and evaluates it.
+
+    Args:
+        data: An image folder, a text table, or a ``TaskData``.
+        source: A source id (``transferkit sources``).
+        strategy: A strategy name (``transferkit strategies``).
+        out: Run directory to write (model, config, metrics, report); nothing is written if None.
+        config: A ``FitConfig``; ``options`` override its fields (``epochs=3``, ``lr=1e-4``, ...).
+        verbose: Show progress bars.
+
+    Returns:
+        The trained ``Run``; ``run.metrics`` holds test metrics next to the baseline's.
+    """
+    cfg = FitConfig.from_dict({**(config.to_dict() if config else {}), "strategy": strategy, **options})
+    get_strategy(cfg.strategy)  # unknown names fail before any work
+    task = data if isinstance(data, TaskData) else load_task_data(data, **_data_options(cfg))
+    torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
+    src = load_source(source)
+    _check_modality(src, task)
+
+    started = time.perf_counter()
+    model, trainer = train_target(task, src, cfg, verbose=verbose)
+    train_seconds = time.perf_counter() - started
+    proba = predict_proba(model, src, task.test.examples, batch_size=cfg.batch_size * 2)
+    metrics = {"source": src.id, "strategy": cfg.strategy, "seed": cfg.seed, "train_seconds": train_seconds,
+               **_prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
+    if cfg.baseline:
+        metrics.update(run_baseline(task, src, cfg, verbose=verbose))
+        metrics["transfer_gain"] = metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
+    entries = transfer_map(model, "random" if src.weights == "random init" else "source")
+    metrics.update({
+        "transfer": summarize_transfer_map(entries, model),
+        "stages": trainer.stages,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "data": task.summary(),
+    })
+    classes = {DEFAULT_TASK: list(task.classes)}
+    run = Run(model, src, classes, _run_config(src, cfg, classes), metrics)
+    if out is not None:
+        save_run(run, Path(out), history=trainer.history, transfer=entries_as_dicts(entries))
+    return run
+
+
+def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True):
+    """Builds the target model on ``src`` and trains it with ``cfg.strategy``; returns (model, trainer)."""
+    from transferkit.engine import Trainer
+
+    if cfg.image_size and src.modality == "image":
+        src.preprocessing.image_size = cfg.image_size
+    if cfg.max_length and src.modality == "text":
+        src.preprocessing.max_length = cfg.max_length
+    torch.manual_seed(cfg.seed)
+    model = build_target_model(src, {DEFAULT_TASK: task.num_classes}, cfg.head_hidden, cfg.head_dropout)
+    strategy = get_strategy(cfg.strategy)(cfg)
+    model = strategy.prepare(model)
+    trainer = Trainer(cfg, task, src, verbose=verbose)
+    strategy.train(model, trainer)
+    model.eval()
+    return model, trainer
+
+
+def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True) -> dict:
+    """The no-transfer baseline with the same budget, as ``baseline_*`` metrics.
+
+    Text: TF-IDF + logistic regression. Other modalities: the source's architecture from random
+    initialisation, every layer trained for ``epochs`` epochs at ``baseline_lr``.
+    """
+    started = time.perf_counter()
+    if task.modality == "text":
+        from transferkit.evaluation.baseline import tfidf_baseline
+
+        proba, info = tfidf_baseline(task, cfg.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="transferkit-spec-") as spec_dir:
+            src.save_spec(Path(spec_dir))  # specs that need files (transformers configs) read them here
+            torch.manual_seed(cfg.seed)
+            scratch = build_from_spec(src.spec, Path(spec_dir))
+        scratch.preprocessing = dataclasses.replace(src.preprocessing)
+        base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, freeze=[], init_mix=0.0,
+                                       wise_ft=False)
+        model, _ = train_target(task, scratch, base_cfg, verbose=verbose)
+        proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
+        info = {"baseline": f"{src.architecture or src.id} from random init, strategy full, "
+                            f"{cfg.epochs} epochs, lr {cfg.baseline_lr:g}"}
+    m = classification_metrics(task.test.labels, proba.argmax(1), task.classes)
+    return {**info, "baseline_seconds": time.perf_counter() - started, **_prefixed(m, "baseline_test_")}
+
+
+@torch.inference_mode()
+def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: str = DEFAULT_TASK,
+                  batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities of ``task`` for raw examples, in order."""
+    dataset = ExampleDataset(list(examples), None, input_pipeline(src, train=False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+    device = next(model.parameters()).device
+    model.eval()
+    out = [torch.softmax(model(**{k: v.to(device) for k, v in x.items()})[task].float(), -1).cpu() for x, _ in loader]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.heads[task][-1].out_features))
+
+
+# -- run directories ---------------------------------------------------------------------------
+
+
+def save_run(run: Run, out: Path, history: list[dict] | None = None, transfer: list[dict] | None = None) -> None:
+    """Writes ``model.safetensors``, ``config.json``, ``metrics.json``, history, transfer map and report."""
+    from transferkit.evaluation.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    run.source.save_spec(out / "source")
+    save_weights(run.model.state_dict(), out / "model.safetensors", metadata={"format": "transferkit-run"})
+    write_json(out / "config.json", run.config)
+    write_json(out / "metrics.json", run.metrics)
+    write_json(out / "history.json", history or [])
+    write_json(out / "transfer_map.json", transfer or [])
+    run.directory = out
+    write_report(out)
+
+
+def load_run(directory: str | Path, load_weights: bool = True) -> Run:
+    """Reloads a run directory written by ``fit`` (weights from safetensors only)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"{str(directory)!r} is not a transferkit run directory (no config.json). "
+                          "Pass the `--out` directory of `transferkit fit`.")
+    config = read_json(directory / "config.json")
+    src = build_from_spec(config["source"]["spec"], directory / "source")
+    src.preprocessing = Preprocessing.from_dict(config["source"]["preprocessing"])
+    src.id = config["source"]["id"]
+    for key in ("weights", "license", "architecture"):
+        setattr(src, key, config["source"].get(key, ""))
+    fit_cfg = FitConfig.from_dict(config["fit"])
+    tasks = {t: len(c) for t, c in config["classes"].items()}
+    model = build_target_model(src, tasks, fit_cfg.head_hidden, fit_cfg.head_dropout)
+    model = get_strategy(fit_cfg.strategy)(fit_cfg).prepare(model)
+    if load_weights:
+        _load_state(model, directory / "model.safetensors")
+    model.eval()
+    metrics = read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
+    return Run(model, src, config["classes"], config, metrics, directory)
+
+
+def _load_state(model: TargetModel, path: Path) -> None:
+    state = load_weights(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or extra or wrong:
+        details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+                            if keys)
+        raise ConfigError(f"{str(path)!r} does not match the model described by its config.json ({details}).")
+    model.load_state_dict(state)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _data_options(cfg: FitConfig) -> dict:
+    return {"text_column": cfg.text_column, "label_column": cfg.label_column, "split_column": cfg.split_column,
+            "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "seed": cfg.seed,
+            "skip_bad": cfg.skip_bad}
+
+
+def _check_modality(src: SourceModel, task: TaskData) -> None:
+    if src.modality != task.modality:
+        raise ConfigError(f"Source {src.id!r} takes {src.modality} inputs but the data is {task.modality}. "
+                          f"Pick a {task.modality} source from `transferkit sources`.")
+
+
+def _prefixed(metrics: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in metrics.items()}
+
+
+def _run_config(src: SourceModel, cfg: FitConfig, classes: dict[str, list[str]]) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "transformers", "accelerate", "peft", "safetensors", "scikit-learn"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {
+        "transferkit_version": __version__,
+        "source": {"id": src.id, "spec": src.spec, "preprocessing": src.preprocessing.to_dict(),
+                   "feature_dim": src.feature_dim, "weights": src.weights, "license": src.license,
+                   "architecture": src.architecture,
+                   "layer_groups": [g.name for g in src.layer_groups]},
+        "classes": classes,
+        "fit": cfg.to_dict(),
+        "versions": {"python": platform.python_version(), **versions},
+    }

@@ -1,0 +1,55 @@
+"""Turning ``transferkit predict`` arguments into examples, and predictions into a CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.errors import DataError
+
+
+def expand_inputs(inputs: list[str], run) -> list:
+    """Image runs: files and folders (searched recursively). Text runs: tables or literal texts."""
+    from transferkit.data import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
+
+    examples: list = []
+    for item in inputs:
+        path = Path(item)
+        if run.modality == "text":
+            if path.suffix.lower() in TEXT_EXTENSIONS and path.is_file():
+                examples += _table_texts(path, run.config["fit"]["text_column"])
+            else:
+                examples.append(item)
+        elif path.is_dir():
+            examples += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                               and not any(part.startswith(".") for part in p.parts))
+        elif path.is_file():
+            examples.append(path)
+        else:
+            raise DataError(f"Input {item!r} is neither a file nor a folder.")
+    if not examples:
+        raise DataError(f"No examples found in {inputs!r}.")
+    return examples
+
+
+def _table_texts(path: Path, column: str) -> list[str]:
+    import pandas as pd
+
+    readers = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet,
+               ".jsonl": lambda p: pd.read_json(p, lines=True), ".json": lambda p: pd.read_json(p, lines=True)}
+    frame = readers[path.suffix.lower()](path)
+    if column not in frame.columns:
+        raise DataError(f"Table {str(path)!r} has no text column {column!r}; columns: {list(frame.columns)}.")
+    return frame[column].astype(str).tolist()
+
+
+def write_predictions(path: Path, examples: list, proba: np.ndarray, classes: list[str]) -> None:
+    """One row per example: the input, the predicted label, and every class probability."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["input", "prediction", *[f"p_{c}" for c in classes]])
+        for ex, p in zip(examples, proba):
+            writer.writerow([str(ex), classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])

@@ -1,0 +1,27 @@
+"""Pretrained source models behind one id scheme; see ``transferkit sources``."""
+
+from transferkit.sources.base import (
+    PACKAGED,
+    SCHEMES,
+    LayerGroup,
+    Preprocessing,
+    SourceInfo,
+    SourceModel,
+    build_from_spec,
+    list_sources,
+    load_source,
+)
+from transferkit.sources.inputs import input_pipeline
+
+__all__ = [
+    "PACKAGED",
+    "SCHEMES",
+    "LayerGroup",
+    "Preprocessing",
+    "SourceInfo",
+    "SourceModel",
+    "build_from_spec",
+    "input_pipeline",
+    "list_sources",
+    "load_source",
+]

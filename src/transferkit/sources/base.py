@@ -1,0 +1,249 @@
+"""The source-model abstraction shared by every library transferkit wraps.
+
+A ``SourceModel`` is what transfer needs from a pretrained network, whatever its origin:
+
+- ``backbone``: the shared layers, an ``nn.Module`` whose ``forward(**batch)`` returns one
+  feature vector per example, shape (B, ``feature_dim``);
+- ``preprocessing``: how raw examples become a batch (image size and normalisation, tokenizer);
+- ``layer_groups``: the backbone's parameters in ordered groups, input to output;
+- ``head``: the source's own classifier (features -> source-class logits), when it has one;
+- ``spec``: a small JSON description that rebuilds the architecture without the weights,
+  so run directories and ``file:`` checkpoints can be reloaded from safetensors alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from transferkit._registry import Registry
+from transferkit.errors import ConfigError, UnknownNameError
+
+
+@dataclass
+class Preprocessing:
+    """How raw examples are turned into model inputs.
+
+    Attributes:
+        modality: "image", "text", "audio" or "sequence".
+        image_size: Square input side in pixels (images).
+        mean, std: Per-channel normalisation (images).
+        interpolation: Resize interpolation (images).
+        crop_pct: Centre-crop fraction used at evaluation (images; 1.0 means no crop).
+        max_length: Token limit (text).
+        sample_rate: Audio sampling rate in Hz (audio).
+        clip_seconds: Audio crop/pad length in seconds (audio).
+    """
+
+    modality: str
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    max_length: int | None = None
+    sample_rate: int | None = None
+    clip_seconds: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**values)
+
+
+@dataclass
+class LayerGroup:
+    """An ordered slice of the backbone: a name and the parameter names it owns."""
+
+    name: str
+    params: list[str]
+
+
+@dataclass
+class SourceInfo:
+    """What ``transferkit sources`` shows about a source."""
+
+    name: str
+    modality: str
+    architecture: str
+    feature_dim: int | None
+    weights: str
+    license: str = "see the weights' origin"
+    has_head: bool = False
+
+
+@dataclass
+class SourceModel:
+    """A pretrained source, ready to be cut into shared layers and a new head."""
+
+    id: str
+    modality: str
+    backbone: nn.Module
+    feature_dim: int
+    preprocessing: Preprocessing
+    layer_groups: list[LayerGroup]
+    spec: dict
+    head: nn.Module | None = None
+    tokenizer: object | None = None
+    architecture: str = ""
+    weights: str = ""
+    license: str = ""
+    write_files: Callable[[Path], None] | None = None
+
+    def weights_hash(self) -> str:
+        """A short hash of every backbone and head tensor (for cache keys)."""
+        h = hashlib.sha256()
+        for module in (self.backbone, self.head):
+            if module is None:
+                continue
+            for name, t in sorted(module.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save_spec(self, directory: Path) -> dict:
+        """Writes the files the spec needs (configs, tokenizer) under ``directory``.
+
+        Returns the spec, with paths relative to ``directory``.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.write_files is not None:
+            self.write_files(directory)
+        return self.spec
+
+
+# --- registries ----------------------------------------------------------------------------
+
+#: Loaders by id scheme: ``timm:``, ``torchvision:``, ``hf:``, ``st:``, ``file:``, ``run:``.
+#: Each loader is ``f(name, pretrained: bool) -> SourceModel``.
+SCHEMES: Registry[Callable[..., SourceModel]] = Registry("source scheme", help_command="sources")
+#: Offline packaged sources by short name: ``(SourceInfo, loader(pretrained) -> SourceModel)``.
+PACKAGED: Registry[tuple[SourceInfo, Callable[[bool], SourceModel]]] = Registry(
+    "source", help_command="sources"
+)
+#: Architecture builders by spec ``loader``: ``f(spec, base_dir) -> SourceModel`` (random weights).
+SPEC_BUILDERS: Registry[Callable[[dict, Path], SourceModel]] = Registry("source spec loader")
+
+RANDOM_SUFFIX = "@random"
+
+
+def load_source(source_id: str) -> SourceModel:
+    """Loads a source by id: a short name (``mobilenet_v2``) or ``scheme:name``.
+
+    Appending ``@random`` (``mobilenet_v2@random``) gives the same architecture with random
+    weights, a negative control for source ranking and the no-transfer baseline.
+    """
+    _import_all()
+    if not isinstance(source_id, str) or not source_id.strip():
+        raise ConfigError(f"`source` must be a source id such as 'mobilenet_v2'; got {source_id!r}.")
+    name = source_id.strip()
+    pretrained = True
+    if name.endswith(RANDOM_SUFFIX):
+        name, pretrained = name[: -len(RANDOM_SUFFIX)], False
+    if name in PACKAGED:
+        source = PACKAGED.get(name)[1](pretrained)
+    elif ":" in name:
+        scheme, rest = name.split(":", 1)
+        if scheme not in SCHEMES:
+            raise UnknownNameError(
+                f"Unknown source scheme {scheme + ':'!r} in {source_id!r}. "
+                f"Use one of {', '.join(s + ':' for s in SCHEMES)} or a short name; "
+                "see `transferkit sources`."
+            )
+        source = SCHEMES.get(scheme)(rest, pretrained)
+    else:
+        raise UnknownNameError(PACKAGED.unknown_message(name).replace(
+            "See", "Hub models need a scheme, e.g. 'timm:resnet18' or 'hf:bert-base-uncased'. See"
+        ))
+    source.id = source_id.strip()
+    return source
+
+
+def build_from_spec(spec: dict, base_dir: Path) -> SourceModel:
+    """Rebuilds a source architecture (random weights) from a saved spec."""
+    _import_all()
+    loader = spec.get("loader")
+    if loader not in SPEC_BUILDERS:
+        raise ConfigError(
+            f"The model config in {str(base_dir)!r} names an unknown architecture loader "
+            f"{loader!r}; known: {', '.join(SPEC_BUILDERS)}. Was it written by a newer transferkit?"
+        )
+    return SPEC_BUILDERS.get(loader)(spec, base_dir)
+
+
+def list_sources() -> list[SourceInfo]:
+    """Every packaged source, plus one line per id scheme."""
+    _import_all()
+    return [info for info, _ in (PACKAGED.get(n) for n in PACKAGED)]
+
+
+def _import_all() -> None:
+    # Registering modules; each is the only place that imports its library.
+    from transferkit.sources import local, packaged, timm, torchvision, transformers  # noqa: F401
+
+
+# --- layer groups ------------------------------------------------------------------------
+
+
+def layer_groups_from_children(module: nn.Module, prefix: str = "") -> list[LayerGroup]:
+    """Ordered layer groups found by walking a module's children.
+
+    A container (``nn.Sequential``, ``nn.ModuleList``) gives one group per item; a child whose
+    parameters sit largely (a quarter or more) inside such containers (a BERT encoder, a ResNet) is walked into;
+    a multi-layer RNN gives one group per layer (``weight_ih_l0`` ... ``_l{k}``); any other
+    child is one group. Modules are taken in registration order, which is forward order for
+    the libraries we wrap.
+    """
+    groups: list[LayerGroup] = []
+    direct = [f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False)]
+    if direct:
+        groups.append(LayerGroup(prefix.rstrip(".") or "params", direct))
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if _is_container(child):
+            groups += [_leaf(item, f"{full}.{i}") for i, item in child.named_children()]
+        elif isinstance(child, nn.RNNBase) and child.num_layers > 1:
+            groups += _rnn_groups(child, full)
+        elif _container_share(child) >= 0.25:
+            groups += layer_groups_from_children(child, full + ".")
+        else:
+            groups.append(_leaf(child, full))
+    return [g for g in groups if g.params]
+
+
+def _is_container(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 1
+
+
+def _leaf(module: nn.Module, name: str) -> LayerGroup:
+    return LayerGroup(name, [f"{name}.{n}" for n, _ in module.named_parameters()])
+
+
+def _container_share(module: nn.Module) -> float:
+    """Fraction of a module's parameters that live inside its outermost containers."""
+    total = sum(p.numel() for p in module.parameters())
+    if total == 0:
+        return 0.0
+    inside, seen = 0, set()
+    for name, m in module.named_modules():
+        if name and _is_container(m) and not any(name.startswith(s + ".") for s in seen):
+            seen.add(name)
+            inside += sum(p.numel() for p in m.parameters())
+    return inside / total
+
+
+def _rnn_groups(rnn: nn.RNNBase, name: str) -> list[LayerGroup]:
+    groups = []
+    for layer in range(rnn.num_layers):
+        params = [f"{name}.{n}" for n, _ in rnn.named_parameters() if n.split("_l")[-1].split("_")[0] == str(layer)]
+        groups.append(LayerGroup(f"{name}.l{layer}", params))
+    return groups

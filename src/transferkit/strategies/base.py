@@ -1,0 +1,57 @@
+"""The strategy interface: how a target model is trained, as a short readable recipe.
+
+A strategy decides which parameters train, with which learning rates, in which stages, and
+with which penalty; the engine's ``Trainer`` runs each stage. A new strategy is one file:
+
+    @STRATEGIES.register("my_method")
+    class MyMethod(Strategy):
+        summary = "one line for `transferkit strategies`"
+
+        def train(self, model, trainer):
+            set_trainable(model)                       # everything trains
+            trainer.fit(model, self.param_groups(model), stage="my_method")
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from transferkit._registry import Registry
+from transferkit.config import FitConfig
+from transferkit.engine import Trainer
+from transferkit.surgery.target import TargetModel
+
+
+class Strategy:
+    """Base class. Subclasses set ``summary`` (and ``paper``) and implement ``train``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config: FitConfig) -> None:
+        self.config = config
+
+    def prepare(self, model: TargetModel) -> TargetModel:
+        """Changes the model's structure before training (e.g. LoRA adapters); default: none."""
+        return model
+
+    def train(self, model: TargetModel, trainer: Trainer) -> None:
+        raise NotImplementedError
+
+    def param_groups(self, model: TargetModel, lr: float | None = None) -> list[dict]:
+        """One AdamW group with every trainable parameter at ``lr`` (default ``config.lr``)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr or self.config.lr}]
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", help_command="strategies")
+
+
+def register(name: str):
+    """Registers a ``Strategy`` subclass under ``name`` and sets its ``name``."""
+
+    def decorator(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        return STRATEGIES.register(name)(cls)
+
+    return decorator

@@ -1,0 +1,85 @@
+"""The spine end to end: fit -> run directory -> load_run -> predict / evaluate / run: source."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, TINY_IMAGE_SOURCE
+
+from transferkit import fit, load_run
+from transferkit.strategies import list_strategies
+
+
+def test_fit_writes_a_complete_run_directory(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="linear_probe", out=out, verbose=False,
+              **{**FAST, "baseline": True})
+    for name in ("model.safetensors", "config.json", "metrics.json", "report.md", "history.json", "transfer_map.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "baseline_test_accuracy", "source", "strategy", "train_seconds"):
+        assert key in metrics
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert len(metrics["test_confusion_matrix"]) == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["id"] == TINY_IMAGE_SOURCE and config["fit"]["seed"] == 0
+    assert config["classes"]["label"] == ["0", "1", "2", "3"] and "torch" in config["versions"]
+    # transfer map: backbone tensors come from the source, head tensors are fresh, only the head trains
+    tmap = json.loads((out / "transfer_map.json").read_text())
+    assert {e["origin"] for e in tmap if e["tensor"].startswith("heads.")} == {"fresh"}
+    assert not any(e["trainable"] for e in tmap if e["tensor"].startswith("backbone."))
+    assert metrics["transfer"]["trainable_parameters"] == sum(
+        p.numel() for p in run.model.heads.parameters())
+    assert "Transfer" in (out / "report.md").read_text()
+
+
+def test_reloaded_run_predicts_identically(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=out, verbose=False, **FAST)
+    files = sorted(image_folder.rglob("*.png"))[:6]
+    again = load_run(out)
+    np.testing.assert_allclose(run.predict_proba(files), again.predict_proba(files), rtol=0, atol=1e-6)
+    assert again.predict(files) == run.predict(files)
+    m = again.evaluate(image_folder)
+    assert m["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+
+
+def test_same_seed_same_weights(image_folder):
+    a = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", verbose=False, **FAST)
+    b = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", verbose=False, **FAST)
+    for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_run_directory_is_a_source(image_folder, tmp_path):
+    out = tmp_path / "source-run"
+    first = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=out, verbose=False, **FAST)
+    second = fit(image_folder, source=f"run:{out}", strategy="linear_probe", verbose=False, **FAST)
+    a = first.model.backbone.state_dict()
+    # the new run starts from the first run's trained shared layers, and linear_probe keeps them
+    for k, v in second.model.backbone.state_dict().items():
+        assert torch.equal(v, a[k]), k
+    assert second.source.head is not None  # the source task's head, usable for LEEP/NCE
+
+
+def test_text_fit_with_tiny_bert(text_table, tiny_bert_dir, tmp_path):
+    run = fit(text_table, source=f"hf:{tiny_bert_dir}", strategy="full", out=tmp_path / "t", verbose=False,
+              **{**FAST, "baseline": True, "lr": 1e-3})
+    assert run.metrics["baseline"] == "tfidf_logreg"
+    assert "baseline_test_accuracy" in run.metrics
+    again = load_run(tmp_path / "t")
+    texts = ["win cash prize", "team lunch meeting"]
+    np.testing.assert_allclose(run.predict_proba(texts), again.predict_proba(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", [name for name, _ in list_strategies()])
+def test_every_strategy_trains_and_reloads(strategy, image_folder, tmp_path):
+    out = tmp_path / strategy
+    run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy=strategy, out=out, verbose=False, **FAST)
+    assert run.metrics["transfer"]["trainable_parameters"] > 0
+    assert all(s["trainable_parameters"] > 0 for s in run.metrics["stages"])
+    files = sorted(image_folder.rglob("*.png"))[:4]
+    np.testing.assert_allclose(run.predict_proba(files), load_run(out).predict_proba(files), atol=1e-6)

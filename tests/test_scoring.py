@@ -1,0 +1,383 @@
+"""Tests of transferkit.scoring: common checks over every scorer, then per-method values."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from sklearn.covariance import LedoitWolf
+from sklearn.model_selection import StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier
+
+from transferkit.errors import ConfigError, DataError, NotFittedError, UnknownNameError
+from transferkit.scoring import SCORERS, Scorer, get_scorer, list_scorers
+
+ALL = SCORERS.names()
+FEATURE = [n for n in ALL if SCORERS.get(n).input_kind == "features"]
+PROBA = [n for n in ALL if SCORERS.get(n).input_kind == "probabilities"]
+SEEDS = [0, 1, 2]
+
+
+def make_data(kind: str, seed: int = 0, informative: bool = True, n_per_class: int = 20,
+              n_classes: int = 3, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """A balanced synthetic task: features (class-shifted Gaussians or pure noise) or source
+    probabilities (sharp on a source class tied to the target class, or near-uniform)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    rng.shuffle(y)
+    n = len(y)
+    if kind == "features":
+        X = rng.normal(size=(n, dim))
+        if informative:
+            X[:, :n_classes] += 3.0 * np.eye(n_classes)[y]
+        return X, y
+    n_source = n_classes + 2
+    if informative:
+        logits = rng.normal(size=(n, n_source)) + 5.0 * np.eye(n_source)[y]
+    else:
+        logits = 0.1 * rng.normal(size=(n, n_source))
+    P = np.exp(logits)
+    return P / P.sum(axis=1, keepdims=True), y
+
+
+def data_for(name: str, seed: int = 0, **kw) -> tuple[np.ndarray, np.ndarray]:
+    return make_data(SCORERS.get(name).input_kind, seed, **kw)
+
+
+# ----------------------------------------------------------------- common checks
+
+
+def test_registry_and_listing():
+    assert set(ALL) == {"logme", "leep", "nce", "hscore", "regularized_hscore", "knn", "linear"}
+    listed = list_scorers()
+    assert [row[0] for row in listed] == ALL
+    for name, summary, kind in listed:
+        assert summary and "\n" not in summary
+        assert kind in ("features", "probabilities")
+    assert set(PROBA) == {"leep", "nce"}
+
+
+def test_get_scorer_errors():
+    with pytest.raises(UnknownNameError, match=r"Unknown scorer 'lgme'\. Did you mean 'logme'\?"):
+        get_scorer("lgme")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) kk; its options are: k, folds"):
+        get_scorer("knn", kk=3)
+    assert get_scorer("knn", k=3).get_params() == {"k": 3, "folds": 5, "random_state": 0}
+    assert repr(get_scorer("knn", k=3)) == "KNNProbe(k=3, folds=5, random_state=0)"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fit_returns_self_and_sets_finite_score(name):
+    X, y = data_for(name)
+    scorer = get_scorer(name)
+    assert isinstance(scorer, Scorer)
+    assert scorer.fit(X, y) is scorer
+    assert type(scorer.score_) is float and np.isfinite(scorer.score_)
+    assert list(scorer.classes_) == [0, 1, 2]
+    assert scorer.n_features_in_ == X.shape[1]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_score_before_fit_raises(name):
+    scorer = get_scorer(name)
+    with pytest.raises(NotFittedError, match=r"is not fitted yet; call `fit\(X, y\)` first"):
+        scorer.score_
+    assert not hasattr(scorer, "classes_")  # NotFittedError is an AttributeError
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_deterministic(name):
+    X, y = data_for(name, seed=1)
+    assert get_scorer(name).fit(X, y).score_ == get_scorer(name).fit(X.copy(), y.copy()).score_
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_labels_are_mapped(name):
+    X, y = data_for(name, seed=2)
+    ref = get_scorer(name).fit(X, y).score_
+    sparse = np.array([3, 7, 10])[y]
+    words = np.array(["ant", "bee", "cat"])[y]
+    assert get_scorer(name).fit(X, sparse).score_ == pytest.approx(ref, rel=1e-12)
+    scorer = get_scorer(name).fit(X, list(words))
+    assert scorer.score_ == pytest.approx(ref, rel=1e-12)
+    assert list(scorer.classes_) == ["ant", "bee", "cat"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_degenerate_input_raises(name):
+    X, y = data_for(name)
+    fit = get_scorer(name).fit
+    with pytest.raises(DataError, match=r"`y` has only 1 class \(0\); .* at least 2 classes"):
+        fit(X, np.zeros(len(y), dtype=int))
+    y1 = y.copy()
+    y1[0] = 9
+    with pytest.raises(DataError, match=r"`y` has classes with fewer than 2 examples: \[9\]"):
+        fit(X, y1)
+    Xn = X.copy()
+    Xn[4, 1] = np.nan
+    with pytest.raises(DataError, match=r"`X` contains 1 NaN or infinite value\(s\), the first at row 4, column 1"):
+        fit(Xn, y)
+    with pytest.raises(DataError, match=r"`X` must be a 2-D array .* got shape \(60,\)\. Use `X\.reshape"):
+        fit(X[:, 0], y)
+    with pytest.raises(DataError, match=r"`y` must have one label per row of `X`: got 59 labels for 60 rows"):
+        fit(X, y[:-1])
+    with pytest.raises(DataError, match=r"`y` must be a 1-D array of labels; got shape \(60, 1\)\. Use `y\.ravel\(\)`"):
+        fit(X, y[:, None])
+    with pytest.raises(DataError, match=r"`X` must be a numeric array"):
+        fit(np.array([["a", "b"]] * len(y)), y)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_informative_beats_noise(name, seed):
+    good = get_scorer(name).fit(*data_for(name, seed, informative=True)).score_
+    bad = get_scorer(name).fit(*data_for(name, seed, informative=False)).score_
+    assert good > bad
+
+
+@pytest.mark.parametrize("name", FEATURE)
+def test_feature_scale_does_not_matter(name):
+    X, y = data_for(name, seed=0)
+    ref = get_scorer(name).fit(X, y).score_
+    for scale in (1e150, 1e-150):
+        assert get_scorer(name).fit(X * scale, y).score_ == pytest.approx(ref, rel=1e-8, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", FEATURE)
+def test_constant_features(name):
+    X, y = data_for(name, seed=0)
+    ref = get_scorer(name).fit(X, y).score_
+    padded = np.c_[X, np.full(len(X), 2.5), np.zeros(len(X))]
+    score = get_scorer(name).fit(padded, y).score_
+    assert np.isfinite(score)
+    if name in ("hscore", "linear"):
+        # zero-variance directions get no weight. (logme: a constant column acts as a bias
+        # term; regularized_hscore: it lowers the shrinkage target; knn: it shifts vectors
+        # before normalisation. These change the score, by design of each method.)
+        assert score == pytest.approx(ref, rel=1e-9)
+    for const in (np.zeros((len(y), 4)), np.ones((len(y), 4))):
+        score = get_scorer(name).fit(const, y).score_
+        assert np.isfinite(score)
+        if name in ("hscore", "regularized_hscore"):
+            assert score == 0.0  # no class information
+        if name in ("knn", "linear"):
+            assert score == pytest.approx(1 / 3, abs=0.1)  # chance level
+
+
+@pytest.mark.parametrize("name", PROBA)
+def test_probabilities_are_checked(name):
+    P, y = data_for(name)
+    with pytest.raises(DataError, match=r"row 0 has a negative value .* Pass softmax\(logits\)"):
+        get_scorer(name).fit(np.log(P), y)
+    with pytest.raises(DataError, match=r"row 0 sums to 2.*Apply a softmax"):
+        get_scorer(name).fit(P * 2, y)
+    # float32 round-off in the row sums is accepted
+    assert np.isfinite(get_scorer(name).fit(P.astype(np.float32), y).score_)
+
+
+def test_bad_hyperparameters():
+    X, y = make_data("features")
+    for name, params, pattern in [
+        ("knn", {"k": 0}, r"`k` must be an integer >= 1; got 0"),
+        ("knn", {"folds": 1}, r"`folds` must be an integer >= 2"),
+        ("linear", {"C": -1.0}, r"`C` must be a positive number"),
+        ("logme", {"tol": 2.0}, r"`tol` must be a number in \(0, 1\)"),
+        ("hscore", {"rcond": -1}, r"`rcond` must be a number in \[0, 1\)"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            get_scorer(name, **params).fit(X, y)
+
+
+# ----------------------------------------------------------------- LEEP and NCE
+
+P6 = np.array([
+    [0.7, 0.2, 0.1],
+    [0.6, 0.3, 0.1],
+    [0.1, 0.8, 0.1],
+    [0.2, 0.5, 0.3],
+    [0.1, 0.1, 0.8],
+    [0.3, 0.3, 0.4],
+])
+Y6 = np.array([0, 0, 1, 1, 0, 1])
+
+
+def test_leep_matches_explicit_loops():
+    n, n_src = P6.shape
+    joint = [[0.0] * n_src for _ in range(2)]
+    for i in range(n):
+        for z in range(n_src):
+            joint[Y6[i]][z] += P6[i, z] / n
+    total = 0.0
+    for i in range(n):
+        eep = 0.0
+        for z in range(n_src):
+            pz = joint[0][z] + joint[1][z]
+            eep += joint[Y6[i]][z] / pz * P6[i, z]
+        total += np.log(eep)
+    assert get_scorer("leep").fit(P6, Y6).score_ == pytest.approx(total / n, rel=1e-12)
+
+
+def test_leep_hand_values():
+    # one-hot source predictions that name the target class: P(y|z) is 0/1 -> LEEP = 0
+    assert get_scorer("leep").fit(np.eye(3)[[0, 0, 1, 1, 2, 2]], [0, 0, 1, 1, 2, 2]).score_ == 0.0
+    # identical rows tell nothing: LEEP = mean log P(y) = log(1/2) for balanced classes
+    same = np.tile([0.5, 0.25, 0.25], (4, 1))
+    assert get_scorer("leep").fit(same, [0, 0, 1, 1]).score_ == pytest.approx(np.log(0.5))
+
+
+def test_nce_matches_explicit_loops():
+    # argmax of P6 rows: z = [0, 0, 1, 1, 2, 2]; joint counts /6: (y,z) =
+    # (0,0)=2, (1,1)=2, (0,2)=1, (1,2)=1  -> NCE = 2/6 log 1 + 2/6 log 1 + 2 * 1/6 log 1/2
+    assert get_scorer("nce").fit(P6, Y6).score_ == pytest.approx(np.log(0.5) / 3, rel=1e-12)
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet(np.ones(4), size=30)
+    y = rng.integers(0, 3, 30)
+    z = P.argmax(axis=1)
+    expected = 0.0
+    for yy in range(3):
+        for zz in range(4):
+            pyz = np.mean((y == yy) & (z == zz))
+            pz = np.mean(z == zz)
+            if pyz > 0:
+                expected += pyz * np.log(pyz / pz)
+    assert get_scorer("nce").fit(P, y).score_ == pytest.approx(expected, rel=1e-12)
+
+
+# ----------------------------------------------------------------- H-scores
+
+
+def _between(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    G = np.zeros_like(X)
+    for c in np.unique(y):
+        G[y == c] = X[y == c].mean(axis=0)
+    return np.cov(G, rowvar=False, bias=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hscore_matches_numpy_formula(seed):
+    X, y = make_data("features", seed, dim=5)
+    expected = np.trace(np.linalg.inv(np.cov(X, rowvar=False, bias=True)) @ _between(X, y))
+    assert get_scorer("hscore").fit(X, y).score_ == pytest.approx(expected, rel=1e-9)
+    assert 0 < expected < 2  # at most C - 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_regularized_hscore_matches_ledoit_wolf_formula(seed):
+    X, y = make_data("features", seed, n_per_class=10, dim=12)
+    lw = LedoitWolf().fit(X)
+    expected = np.trace(np.linalg.inv(lw.covariance_) @ ((1 - lw.shrinkage_) * _between(X, y)))
+    scorer = get_scorer("regularized_hscore").fit(X, y)
+    assert scorer.score_ == pytest.approx(expected, rel=1e-9)
+    assert scorer.shrinkage_ == pytest.approx(lw.shrinkage_)
+    assert 0 < scorer.shrinkage_ < 1
+
+
+def test_regularized_hscore_is_stable_when_d_exceeds_n():
+    X, y = make_data("features", 0, n_per_class=10, dim=200)
+    noise, _ = make_data("features", 0, informative=False, n_per_class=10, dim=200)
+    # plain H-score saturates at C - 1 for any features once D >= N
+    assert get_scorer("hscore").fit(noise, y).score_ == pytest.approx(2.0, rel=1e-6)
+    good = get_scorer("regularized_hscore").fit(X, y).score_
+    bad = get_scorer("regularized_hscore").fit(noise, y).score_
+    assert good > bad >= 0
+
+
+# ----------------------------------------------------------------- LogME
+
+
+def logme_algorithm1(F: np.ndarray, y: np.ndarray, tol: float = 1e-13) -> float:
+    """Direct transcription of the paper's Algorithm 1: explicit A, solve and log-det, one
+    class at a time; stops when the evidence stops changing."""
+    n, d = F.shape
+    G = F.T @ F
+    sigma = np.linalg.eigvalsh(G)
+    scores = []
+    for k in range(y.max() + 1):
+        t = (y == k).astype(float)
+
+        def evidence(alpha, beta):
+            A = alpha * np.eye(d) + beta * G
+            m = beta * np.linalg.solve(A, F.T @ t)
+            value = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
+                     - beta / 2 * np.sum((F @ m - t) ** 2) - alpha / 2 * m @ m
+                     - np.linalg.slogdet(A)[1] / 2)
+            return m, value
+
+        alpha, beta = 1.0, 1.0
+        m, value = evidence(alpha, beta)
+        for _ in range(2000):
+            gamma = np.sum(beta * sigma / (alpha + beta * sigma))
+            alpha, beta = gamma / (m @ m), (n - gamma) / np.sum((F @ m - t) ** 2)
+            m, new = evidence(alpha, beta)
+            if abs(new - value) < tol * n:
+                value = new
+                break
+            value = new
+        scores.append(value / n)
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n,d", [(60, 8), (30, 45)])
+def test_logme_matches_algorithm1(seed, n, d):
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 3)
+    F = rng.normal(size=(n, d)) + 0.7 * np.eye(3)[y] @ rng.normal(size=(3, d))
+    expected = logme_algorithm1(F, y)
+    assert get_scorer("logme").fit(F, y).score_ == pytest.approx(expected, rel=1e-7)
+
+
+def test_logme_hand_value_all_zero_features():
+    # no features: the evidence is that of y ~ N(0, I / beta) with beta = N / ||y||^2
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    expected = np.mean([-0.5 * (np.log(2 * np.pi * c / 8) + 1) for c in (3, 5)])
+    assert get_scorer("logme").fit(np.zeros((8, 4)), y).score_ == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_logme_finite_when_d_exceeds_n(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(100) % 5)
+    noise = rng.normal(size=(100, 1280))
+    informative = noise + 0.5 * np.eye(5)[y] @ rng.normal(size=(5, 1280))
+    bad = get_scorer("logme").fit(noise, y).score_
+    good = get_scorer("logme").fit(informative, y).score_
+    assert np.isfinite(bad) and np.isfinite(good)
+    assert good > bad
+    # noise features explain nothing: close to the evidence without features
+    no_features = get_scorer("logme").fit(np.zeros((100, 1)), y).score_
+    assert abs(bad - no_features) < 0.1
+
+
+@pytest.mark.slow
+def test_logme_fast_on_large_input():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10_000, 1280)).astype(np.float32)
+    y = rng.integers(0, 10, 10_000)
+    start = time.perf_counter()
+    assert np.isfinite(get_scorer("logme").fit(X, y).score_)
+    assert time.perf_counter() - start < 20
+
+
+# ----------------------------------------------------------------- probes
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_knn_matches_manual_cross_validation(seed):
+    X, y = make_data("features", seed, informative=False)
+    X[:, 0] += y  # a weak signal so accuracies vary between folds
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    accs = []
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    for train, test in cv.split(Xn, y):
+        model = KNeighborsClassifier(n_neighbors=10).fit(Xn[train], y[train])
+        accs.append(np.mean(model.predict(Xn[test]) == y[test]))
+    assert get_scorer("knn").fit(X, y).score_ == pytest.approx(np.mean(accs), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["knn", "linear"])
+def test_probes_cap_folds_and_k_for_tiny_classes(name):
+    X, y = make_data("features", 0, n_per_class=2)  # 6 examples: 2 folds, 3 training each
+    score = get_scorer(name, folds=10, **({"k": 50} if name == "knn" else {})).fit(X, y).score_
+    assert 0.0 <= score <= 1.0
