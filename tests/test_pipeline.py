@@ -83,3 +83,51 @@ def test_every_strategy_trains_and_reloads(strategy, image_folder, tmp_path):
     assert all(s["trainable_parameters"] > 0 for s in run.metrics["stages"])
     files = sorted(image_folder.rglob("*.png"))[:4]
     np.testing.assert_allclose(run.predict_proba(files), load_run(out).predict_proba(files), atol=1e-6)
+
+
+def test_wise_ft_records_alpha_and_curve(image_folder, tmp_path):
+    run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=tmp_path / "w", verbose=False,
+              **{**FAST, "wise_ft": True})
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert 0.0 <= metrics["wise_ft_alpha"] <= 1.0
+    assert [a for a, _ in metrics["wise_ft_curve"]] == pytest.approx([i / 10 for i in range(11)])
+    best = max(acc for _, acc in metrics["wise_ft_curve"])
+    assert dict(map(tuple, metrics["wise_ft_curve"]))[metrics["wise_ft_alpha"]] == best
+    assert run.metrics["wise_ft_alpha"] == metrics["wise_ft_alpha"]
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_init_mix_endpoints(image_folder, beta):
+    """β = 0 starts from the source exactly; β = 1 from a fresh random initialisation."""
+    from transferkit.sources import load_source
+
+    source = load_source("efficientnet_lite0").backbone.state_dict()
+    run = fit(image_folder, source="efficientnet_lite0", strategy="linear_probe", verbose=False,
+              **{**FAST, "init_mix": beta})
+    key = "model.conv_stem.weight"
+    trained = run.model.backbone.state_dict()[key]
+    assert torch.equal(trained, source[key]) == (beta == 0.0)
+    assert run.metrics["transfer"]["by_origin"].keys() >= ({"mixed"} if beta else {"source"})
+
+
+def test_cut_at_uses_intermediate_features_and_reloads(image_folder, tmp_path):
+    out = tmp_path / "cut"
+    run = fit(image_folder, source="torchvision:resnet18@random", strategy="full", out=out, verbose=False,
+              **{**FAST, "cut_at": "model.layer2.1"})
+    assert run.source.feature_dim == 128  # resnet18's layer2 width
+    names = [n for n, _ in run.model.named_parameters()]
+    assert not any(".layer3." in n or ".layer4." in n for n in names), "layers after the cut are removed"
+    files = sorted(image_folder.rglob("*.png"))[:4]
+    np.testing.assert_allclose(run.predict_proba(files), load_run(out).predict_proba(files), atol=1e-6)
+
+
+def test_reinit_replaces_source_weights(image_folder):
+    from transferkit.sources import load_source
+
+    source = load_source("efficientnet_lite0").backbone.state_dict()
+    run = fit(image_folder, source="efficientnet_lite0", strategy="linear_probe", verbose=False,
+              **{**FAST, "reinit": ["group16"]})
+    state = run.model.backbone.state_dict()
+    assert not torch.equal(state["model.conv_head.weight"], source["model.conv_head.weight"])
+    assert torch.equal(state["model.conv_stem.weight"], source["model.conv_stem.weight"])
+    assert run.metrics["transfer"]["by_origin"]["fresh"]["parameters"] > sum(p.numel() for p in run.model.heads.parameters())

@@ -39,6 +39,8 @@ class FitConfig:
         head_hidden: Width of a hidden layer in the head (0 = a single linear layer).
         head_dropout: Dropout before the head's last layer.
         freeze: Layer-group names or parameter-name wildcards kept frozen in every stage.
+        cut_at: Cut the shared layers after this layer group and use its pooled output as features.
+        reinit: Layer groups whose source weights are replaced by a fresh initialisation.
         augment: Light data augmentation during fine-tuning (images).
         baseline: Train the no-transfer baseline next to the transfer run.
         baseline_lr: Learning rate for the baseline trained from random initialisation.
@@ -74,6 +76,8 @@ class FitConfig:
     head_hidden: int = 0
     head_dropout: float = 0.0
     freeze: list[str] = field(default_factory=list)
+    cut_at: str | None = None
+    reinit: list[str] = field(default_factory=list)
     augment: bool = True
     baseline: bool = True
     baseline_lr: float = 1e-3

@@ -28,6 +28,7 @@ from transferkit.sources.base import Preprocessing
 from transferkit.sources.inputs import ExampleDataset
 from transferkit.strategies import get_strategy
 from transferkit.surgery import DEFAULT_TASK, TargetModel, build_target_model, summarize_transfer_map, transfer_map
+from transferkit.surgery.cut import cut_source, reinit_groups
 from transferkit.surgery.target import entries_as_dicts
 
 
@@ -95,6 +96,7 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
     src = load_source(source)
     _check_modality(src, task)
+    src = prepare_source(src, cfg, task)
 
     started = time.perf_counter()
     model, trainer = train_target(task, src, cfg, verbose=verbose)
@@ -105,9 +107,12 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     if cfg.baseline:
         metrics.update(run_baseline(task, src, cfg, verbose=verbose))
         metrics["transfer_gain"] = metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
-    entries = transfer_map(model, "random" if src.weights == "random init" else "source")
+    for stage in (s for s in trainer.stages if s["stage"] == "wise_ft"):
+        metrics.update({"wise_ft_alpha": stage["alpha"], "wise_ft_curve": stage["curve"]})
+    origin = "random" if src.weights == "random init" else ("mixed" if cfg.init_mix else "source")
+    entries = transfer_map(model, origin, fresh_groups=cfg.reinit)
     metrics.update({
-        "transfer": summarize_transfer_map(entries, model),
+        "transfer": {**summarize_transfer_map(entries, model), "cut_at": cfg.cut_at},
         "stages": trainer.stages,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "data": task.summary(),
@@ -120,21 +125,76 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
 
 
 def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True):
-    """Builds the target model on ``src`` and trains it with ``cfg.strategy``; returns (model, trainer)."""
+    """Builds the target model on ``src`` and trains it with ``cfg.strategy``; returns (model, trainer).
+
+    Around the strategy: ``init_mix`` blends the shared layers with a fresh initialisation
+    before training, and ``wise_ft`` chooses an interpolation between the starting and the
+    fine-tuned shared layers on validation afterwards (a final ``wise_ft`` row in ``trainer.stages``).
+    """
     from transferkit.engine import Trainer
 
+    src = prepare_source(src, cfg, task)
+    torch.manual_seed(cfg.seed)
+    model = build_target_model(src, {DEFAULT_TASK: task.num_classes}, cfg.head_hidden, cfg.head_dropout)
+    if cfg.init_mix:
+        _mix_initialisation(model, src, cfg)
+    if cfg.reinit:
+        reinit_groups(model, cfg.reinit)
+    strategy = get_strategy(cfg.strategy)(cfg)
+    model = strategy.prepare(model)
+    start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if cfg.wise_ft else None
+    trainer = Trainer(cfg, task, src, verbose=verbose)
+    strategy.train(model, trainer)
+    if cfg.wise_ft:
+        _choose_wise_ft(model, start, trainer)
+    model.eval()
+    return model, trainer
+
+
+def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceModel:
+    """Applies the options that change the source itself: input size, token limit, ``cut_at``.
+
+    Idempotent, so ``fit`` and ``train_target`` can both call it.
+    """
     if cfg.image_size and src.modality == "image":
         src.preprocessing.image_size = cfg.image_size
     if cfg.max_length and src.modality == "text":
         src.preprocessing.max_length = cfg.max_length
-    torch.manual_seed(cfg.seed)
-    model = build_target_model(src, {DEFAULT_TASK: task.num_classes}, cfg.head_hidden, cfg.head_dropout)
-    strategy = get_strategy(cfg.strategy)(cfg)
-    model = strategy.prepare(model)
-    trainer = Trainer(cfg, task, src, verbose=verbose)
-    strategy.train(model, trainer)
-    model.eval()
-    return model, trainer
+    if cfg.cut_at and "cut_at" not in src.spec:
+        pipe = input_pipeline(src)
+        src = cut_source(src, cfg.cut_at, pipe.collate([pipe.load(x) for x in task.train.examples[:2]]))
+    return src
+
+
+def _mix_initialisation(model: TargetModel, src: SourceModel, cfg: FitConfig) -> None:
+    """Shared layers become ``(1 - init_mix) * source + init_mix * fresh`` (fresh = seeded random init)."""
+    from transferkit.merging import mix_init
+
+    with tempfile.TemporaryDirectory(prefix="transferkit-spec-") as spec_dir:
+        src.save_spec(Path(spec_dir))
+        fresh = build_from_spec(src.spec, Path(spec_dir)).backbone.state_dict()
+    model.backbone.load_state_dict(mix_init(model.backbone.state_dict(), fresh, cfg.init_mix))
+
+
+def _choose_wise_ft(model: TargetModel, start: dict, trainer) -> None:
+    """WiSE-FT: sweeps alpha between the starting and fine-tuned shared layers, keeps the best on val."""
+    from transferkit.merging import wise_ft
+
+    started = time.perf_counter()
+    finetuned = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    loader = torch.utils.data.DataLoader(trainer.val_set, batch_size=trainer.config.batch_size * 2,
+                                         collate_fn=trainer.val_set.collate)
+
+    def val_accuracy(state: dict) -> float:
+        model.backbone.load_state_dict(state)
+        return trainer.evaluate(model, loader)[1]
+
+    result = wise_ft(start, finetuned, val_accuracy)
+    model.backbone.load_state_dict(result.state_dict)
+    trainer.stages.append({"stage": "wise_ft", "epochs_run": 0, "best_epoch": 0, "best_val_accuracy": result.best_score,
+                           "trainable_parameters": 0, "seconds": time.perf_counter() - started,
+                           "examples_per_second": len(result.curve) * len(trainer.val_set) / (time.perf_counter() - started),
+                           "alpha": result.best_alpha, "curve": [list(point) for point in result.curve]})
 
 
 def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True) -> dict:
@@ -155,7 +215,7 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
             scratch = build_from_spec(src.spec, Path(spec_dir))
         scratch.preprocessing = dataclasses.replace(src.preprocessing)
         base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, freeze=[], init_mix=0.0,
-                                       wise_ft=False)
+                                       wise_ft=False, reinit=[])
         model, _ = train_target(task, scratch, base_cfg, verbose=verbose)
         proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
         info = {"baseline": f"{src.architecture or src.id} from random init, strategy full, "

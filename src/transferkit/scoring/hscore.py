@@ -57,7 +57,9 @@ class HScore(Scorer):
         return trace_pinv_between(cov, Xc, y, n_classes, self.rcond)
 
 
-def class_mean_offsets(Xc: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def class_mean_offsets(
+    Xc: np.ndarray, y: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Class means of centred features (C, D) and class frequencies ``p_c`` (C,)."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     sums = np.zeros((n_classes, Xc.shape[1]))

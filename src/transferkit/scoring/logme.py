@@ -30,6 +30,12 @@ summing ``log det A`` over only ``min(N, D)`` values, and can return NaN when D 
 (or all-zero) columns therefore need no special treatment; the features are not centred,
 as in the paper, so a constant column acts as a bias term.
 
+The maximum can lie on a boundary: ``beta -> inf`` when a class's labels are (almost) exactly
+linear in F (common for D >= N), ``alpha -> inf`` when F says nothing about the class. The
+iteration then moves ``alpha / beta`` geometrically towards 0 or infinity; we clip it where
+the evidence has reached its limit to ~1e-10 and evaluate ``L`` there, so the score is the
+supremum rather than NaN or an overflow.
+
 Cost: one Gram matrix on the smaller side (``F^T F`` if D <= N, else ``F F^T``) and its
 eigen-decomposition; the iteration runs on all classes at once in the eigenbasis.
 """

@@ -23,9 +23,11 @@ between-class term, so its values are ``N/(N-1)`` times ours; rankings are uncha
 
 Numerics: ``cov_a(f)`` is positive definite whenever ``a > 0`` and some feature varies, so no
 truncation happens in practice; the inverse still goes through the same eigen-decomposition
-as ``hscore`` (``rcond``) to stay finite when ``a = 0``. Constant features get only the
-shrinkage target's variance and no between-class part, so they do not change the score;
-all-constant features score exactly 0.
+as ``hscore`` (``rcond``) to stay finite when ``a = 0``. Constant features are kept, as the
+paper's estimator would: they carry no between-class part, but they lower the average
+variance ``tr cov(f) / D`` used as the shrinkage target and so change ``a`` and the score
+somewhat (still finite). All-constant features score exactly 0. When the features look
+isotropic to Ledoit-Wolf (``a = 1``) the score is exactly 0 as well.
 """
 
 from __future__ import annotations

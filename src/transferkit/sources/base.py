@@ -177,7 +177,12 @@ def build_from_spec(spec: dict, base_dir: Path) -> SourceModel:
             f"The model config in {str(base_dir)!r} names an unknown architecture loader "
             f"{loader!r}; known: {', '.join(SPEC_BUILDERS)}. Was it written by a newer transferkit?"
         )
-    return SPEC_BUILDERS.get(loader)(spec, base_dir)
+    source = SPEC_BUILDERS.get(loader)(spec, base_dir)
+    if "cut_at" in spec:  # layer surgery is part of the architecture
+        from transferkit.surgery.cut import cut_source
+
+        source = cut_source(source, spec["cut_at"], feature_dim=spec["cut_feature_dim"])
+    return source
 
 
 def list_sources() -> list[SourceInfo]:

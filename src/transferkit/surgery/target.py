@@ -66,14 +66,22 @@ class TransferEntry:
     trainable: bool
 
 
-def transfer_map(model: TargetModel, origin_of_backbone: str = "source") -> list[TransferEntry]:
-    """What every tensor of the model is: copied from the source or fresh, its group, trainable."""
+def transfer_map(model: TargetModel, origin_of_backbone: str = "source",
+                 fresh_groups: list[str] = ()) -> list[TransferEntry]:
+    """What every tensor of the model is: copied from the source or fresh, its group, trainable.
+
+    Args:
+        model: The trained target model.
+        origin_of_backbone: "source", "mixed" (``init_mix``) or "random" (no transfer).
+        fresh_groups: Layer groups re-initialised before training (``reinit``).
+    """
     group_of = {p: g.name for g in model.layer_groups for p in g.params}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     entries = []
     for name, t in model.state_dict().items():
-        origin = origin_of_backbone if name.startswith("backbone.") else "fresh"
         group = group_of.get(name, "heads" if name.startswith("heads.") else _owner(name, group_of))
+        fresh = not name.startswith("backbone.") or group in fresh_groups
+        origin = "fresh" if fresh else origin_of_backbone
         entries.append(TransferEntry(name, list(t.shape), origin, group, name in trainable))
     return entries
 

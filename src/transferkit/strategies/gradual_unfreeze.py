@@ -1,0 +1,58 @@
+"""Gradual unfreezing: train the head first, then open one more layer group per epoch.
+
+Howard and Ruder (2018), "Universal Language Model Fine-tuning for Text Classification"
+(ULMFiT), ACL. Unfreezing everything at once lets the noisy gradients of a fresh head wash
+over the pretrained layers (catastrophic forgetting). ULMFiT instead trains only the last
+layer for one epoch, then unfreezes the next lower layer group and trains all unfrozen
+groups for another epoch, and so on down to the input.
+
+The schedule, for ``n`` layer groups and ``epochs`` epochs (epoch ``e`` counts from 0):
+
+- epoch 0 trains the heads only;
+- at epoch ``e`` the top ``k(e) = min(n, ceil(e * max(1, n / (epochs - 1))))`` groups are
+  unfrozen, i.e. one group per epoch when there are enough epochs (the paper), otherwise
+  evenly sized chunks (sizes differ by at most one) so that the whole network trains in the
+  last epoch; epochs left over once everything is open train everything;
+- with ``epochs == 1`` everything trains in that one epoch (same as ``full``).
+
+Groups matched by ``--freeze`` stay frozen throughout. One optimizer serves the whole stage:
+frozen parameters have no gradient, and AdamW skips those entirely (no update, no weight
+decay, no moment state) until they are unfrozen.
+"""
+
+import math
+
+from transferkit.strategies.base import Strategy, register
+from transferkit.surgery.freezing import freeze_matching, set_trainable
+
+
+def groups_unfrozen(epoch: int, num_groups: int, epochs: int) -> int:
+    """How many layer groups, counted from the top, train in ``epoch`` (0-based)."""
+    if epochs <= 1:
+        return num_groups
+    return min(num_groups, math.ceil(epoch * max(1.0, num_groups / (epochs - 1))))
+
+
+@register("gradual_unfreeze")
+class GradualUnfreeze(Strategy):
+    summary = "heads first, then one more layer group per epoch from the top (ULMFiT)"
+    paper = "Howard & Ruder 2018, Universal Language Model Fine-tuning for Text Classification, ACL"
+
+    def schedule(self, model) -> list[list[str]]:
+        """The layer groups trained in each epoch (heads always train)."""
+        groups = model.group_names()[:-1]  # input to output, without "heads"
+        epochs = self.config.epochs
+        return [groups[len(groups) - groups_unfrozen(e, len(groups), epochs):] for e in range(epochs)]
+
+    def train(self, model, trainer):
+        schedule = self.schedule(model)
+
+        def unfreeze(epoch, _model):
+            set_trainable(model, groups=schedule[epoch], heads=True)
+            freeze_matching(model, self.config.freeze)
+
+        unfreeze(0, model)
+        # One group holding every parameter: the Trainer drops param groups with nothing
+        # trainable at the start of a stage, and the backbone is frozen in epoch 0.
+        params = [{"params": list(model.parameters()), "lr": self.config.lr}]
+        trainer.fit(model, params, stage="gradual_unfreeze", on_epoch_start=unfreeze)
