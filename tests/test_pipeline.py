@@ -131,3 +131,38 @@ def test_reinit_replaces_source_weights(image_folder):
     assert not torch.equal(state["model.conv_head.weight"], source["model.conv_head.weight"])
     assert torch.equal(state["model.conv_stem.weight"], source["model.conv_stem.weight"])
     assert run.metrics["transfer"]["by_origin"]["fresh"]["parameters"] > sum(p.numel() for p in run.model.heads.parameters())
+
+
+def test_shared_layers_with_two_task_heads(tmp_path, tiny_bert_dir):
+    """Two label columns of one table: one backbone, two heads, saved and reloaded together."""
+    import pandas as pd
+
+    from conftest import WORDS
+    from transferkit.predict import write_predictions
+
+    rng = np.random.default_rng(1)
+    rows = [{"text": " ".join(rng.choice(WORDS[kind], 4)), "kind": kind, "urgent": ["no", "yes"][i % 2]}
+            for kind in WORDS for i in range(20)]
+    table = tmp_path / "two.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    out = tmp_path / "multi"
+    run = fit(table, source=f"hf:{tiny_bert_dir}", strategy="full", out=out, verbose=False,
+              **{**FAST, "label_column": "kind,urgent", "task_weights": {"urgent": 0.5}, "lr": 1e-3})
+    assert list(run.classes) == ["kind", "urgent"] and set(run.model.heads) == {"kind", "urgent"}
+    assert set(run.metrics["tasks"]) == {"kind", "urgent"}
+    assert run.metrics["test_accuracy"] == run.metrics["tasks"]["kind"]["accuracy"]
+    again = load_run(out)
+    texts = ["win cash prize", "team lunch meeting"]
+    for task in ("kind", "urgent"):
+        np.testing.assert_allclose(run.predict_proba(texts, task), again.predict_proba(texts, task), atol=1e-6)
+    csv_path = tmp_path / "p.csv"
+    write_predictions(csv_path, texts, {t: again.predict_proba(texts, t) for t in again.classes}, again.classes)
+    header = csv_path.read_text().splitlines()[0]
+    assert header == "input,kind_prediction,kind_p_ham,kind_p_spam,urgent_prediction,urgent_p_no,urgent_p_yes"
+
+
+def test_unknown_task_weight_is_named(text_table):
+    from transferkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`--task-weight` names unknown task\(s\) \['topic'\]"):
+        fit(text_table, source="minilm", verbose=False, **{**FAST, "task_weights": {"topic": 1.0}})

@@ -48,21 +48,42 @@ def fit(
     head_hidden: Annotated[Optional[int], Opt(help="Hidden width of the head (0 = linear).")] = None,
     head_dropout: Annotated[Optional[float], Opt(help="Dropout in the head.")] = None,
     freeze: Annotated[Optional[list[str]], Opt(help="Layer group or parameter wildcard to keep frozen (repeatable).")] = None,
+    cut_at: Annotated[Optional[str], Opt(help="Cut the shared layers after this layer group (intermediate features).")] = None,
+    reinit: Annotated[Optional[list[str]], Opt(help="Layer group to re-initialise instead of transferring (repeatable).")] = None,
     lr_decay: Annotated[Optional[float], Opt(help="Per-group LR factor toward the input (layerwise_lr).")] = None,
+    l2sp_alpha: Annotated[Optional[float], Opt(help="L2-SP weight pulling shared layers to the source (l2sp).")] = None,
+    lora_r: Annotated[Optional[int], Opt(help="LoRA rank (lora).")] = None,
+    lora_alpha: Annotated[Optional[int], Opt(help="LoRA scaling alpha (lora).")] = None,
     init_mix: Annotated[Optional[float], Opt(help="Mixed init: (1-β)·source + β·fresh for shared layers.")] = None,
     wise_ft: Annotated[Optional[bool], Opt("--wise-ft/--no-wise-ft", help="Choose a WiSE-FT α on validation.")] = None,
     baseline: Annotated[Optional[bool], Opt("--baseline/--no-baseline", help="Train the no-transfer baseline.")] = None,
     augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="Light augmentation while fine-tuning.")] = None,
     text_column: Annotated[Optional[str], Opt(help="Text column of a table.")] = None,
-    label_column: Annotated[Optional[str], Opt(help="Label column of a table.")] = None,
+    label_column: Annotated[Optional[str], Opt(help="Label column of a table; 'a,b' trains one head per column.")] = None,
+    task_weight: Annotated[Optional[list[str]], Opt(help="Loss weight of a task, as NAME=WEIGHT (repeatable).")] = None,
     skip_bad: Annotated[Optional[bool], Opt("--skip-bad", help="Skip unreadable examples instead of failing.")] = None,
     num_workers: Annotated[Optional[int], Opt(help="DataLoader workers.")] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Transfer a source model to your data, train, evaluate on the test split next to a baseline."""
     given = {k: v for k, v in locals().items()
-             if v is not None and k not in ("data", "source", "out", "config", "quiet")}
+             if v is not None and k not in ("data", "source", "out", "config", "quiet", "task_weight")}
+    if task_weight:
+        given["task_weights"] = _parse_weights(task_weight)
     _fit_and_show(data, source, out, given, config, quiet)
+
+
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    from transferkit.errors import ConfigError
+
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"`--task-weight` takes NAME=WEIGHT, e.g. topic=0.5; got {item!r}.") from None
+    return weights
 
 
 def _fit_and_show(data: Path, source: str, out: Path, options: dict, config: Path | None, quiet: bool) -> None:
@@ -123,9 +144,9 @@ def predict(
     loaded = load_run(run)
     examples = expand_inputs(inputs, loaded)
     started = time.perf_counter()
-    proba = loaded.predict_proba(examples)
+    proba = {task: loaded.predict_proba(examples, task) for task in loaded.classes}
     seconds = time.perf_counter() - started
-    write_predictions(output, examples, proba, loaded.classes["label"])
+    write_predictions(output, examples, proba, loaded.classes)
     typer.echo(f"Wrote {len(examples)} predictions to {output} ({len(examples) / max(seconds, 1e-9):.1f} examples/s).")
 
 
@@ -173,6 +194,80 @@ def strategies() -> None:
     width = max(len(n) for n, _ in list_strategies())
     for name, summary in list_strategies():
         typer.echo(f"{name:<{width}}  {summary}")
+
+
+@app.command()
+def rank(
+    data: Annotated[Path, typer.Argument(help="Image folder (one subfolder per class) or text table.")],
+    sources: Annotated[str, Opt(help="Comma-separated source ids, or 'all' (every packaged source of the data's modality).")] = "all",
+    scores: Annotated[str, Opt(help="Comma-separated scorers (see `transferkit scorers`); the first one ranks.")] = "logme",
+    out: Annotated[Path, Opt(help="Folder for ranking.json, ranking.md and ranking.png.")] = Path("runs/rank"),
+    controls: Annotated[bool, Opt("--controls", help="Add ID@random (random-init) negative controls for each source.")] = False,
+    image_size: Annotated[Optional[int], Opt(help="Image side in pixels (default: each source's own).")] = None,
+    batch_size: Annotated[int, Opt(help="Examples per forward pass.")] = 32,
+    splits: Annotated[str, Opt(help="Splits scored: 'train' or 'train,val' (never test).")] = "train",
+    cache_dir: Annotated[Optional[Path], Opt(help="Feature cache (default $TRANSFERKIT_CACHE or ~/.cache/transferkit/features).")] = None,
+    no_cache: Annotated[bool, Opt("--no-cache", help="Recompute features; read and write no cache.")] = False,
+    seed: Annotated[int, Opt(help="Seed for the splits and @random weights.")] = 0,
+    text_column: Annotated[str, Opt(help="Text column of a table.")] = "text",
+    label_column: Annotated[str, Opt(help="Label column of a table.")] = "label",
+    quiet: Annotated[bool, Opt("--quiet", help="Print only the table.")] = False,
+) -> None:
+    """Rank source models for your data by transferability scores (table, ranking.json, bar chart)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from transferkit.config import FitConfig
+    from transferkit.data import detect_modality, load_task_data
+    from transferkit.errors import ConfigError
+    from transferkit.scoring import get_scorer
+    from transferkit.selection import check_splits, default_candidates, rank_sources, score_names, write_ranking
+
+    names = [s.strip() for s in scores.split(",") if s.strip()]
+    split_names = check_splits([s.strip() for s in splits.split(",") if s.strip()])
+    for name in names:
+        get_scorer(name)  # did-you-mean errors before any data or model is loaded
+    if image_size is not None:
+        FitConfig(image_size=image_size)  # same range check as `fit`
+    ids = [s.strip() for s in sources.split(",") if s.strip()]
+    if ids == ["all"]:
+        ids = default_candidates(detect_modality(data))
+    if not ids:
+        raise ConfigError(f"`--sources` needs source ids or 'all'; got {sources!r}.")
+    if controls:
+        ids += [f"{i}@random" for i in ids if not i.endswith("@random")]
+    task = load_task_data(data, text_column=text_column, label_column=label_column, seed=seed)
+    console = Console()
+    if not quiet:
+        n = sum(len(task.splits()[s]) for s in split_names)
+        console.print(f"Ranking {len(ids)} source(s) on {n} {task.modality} examples "
+                      f"({'+'.join(split_names)}) by {', '.join(names)}")
+    rows = rank_sources(task, ids, names, batch_size=batch_size, cache_dir=cache_dir, image_size=image_size,
+                        splits=split_names, use_cache=not no_cache, seed=seed, verbose=not quiet)
+    paths = write_ranking(rows, out, title=f"{Path(data).name}: {len(task.classes)} classes")
+    table = Table(title=f"Source ranking by {names[0]} (higher is better)")
+    for col in ("rank", "source", *score_names(rows), "seconds"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for row in rows:
+        cells = ["n/a*" if row.get(n) is None else f"{row[n]:.4f}" for n in score_names(rows)]
+        table.add_row(str(row["rank"]), row["source"], *cells, f"{row['seconds']:.1f}")
+    console.print(table)
+    for row in rows:
+        for note in row["notes"]:
+            console.print(f"* {row['source']}: {note}")
+    console.print(f"Wrote {paths['json']}, {paths['markdown'].name} and {paths['png'].name}")
+
+
+@app.command()
+def scorers() -> None:
+    """List the transferability scorers (for `transferkit rank --scores`)."""
+    from transferkit.scoring import list_scorers
+
+    items = list_scorers()
+    width = max(len(n) for n, _, _ in items)
+    for name, summary, kind in items:
+        needs = "  [needs a source head]" if kind == "probabilities" else ""
+        typer.echo(f"{name:<{width}}  {summary}{needs}")
 
 
 def main(argv: list[str] | None = None) -> None:

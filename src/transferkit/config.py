@@ -47,6 +47,7 @@ class FitConfig:
         lr_decay: Per-group learning-rate factor toward the input (``layerwise_lr``).
         l2sp_alpha, l2sp_beta: L2-SP weights for shared and new layers (``l2sp``).
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout (``lora``).
+        task_weights: Loss weight per task when a table has several label columns (default 1 each).
         init_mix: Mixed initialisation, shared layers = (1-β)·source + β·fresh.
         wise_ft: Choose a WiSE-FT interpolation between source and fine-tuned weights on validation.
         num_workers: DataLoader worker processes.
@@ -87,6 +88,7 @@ class FitConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    task_weights: dict[str, float] = field(default_factory=dict)
     init_mix: float = 0.0
     wise_ft: bool = False
     num_workers: int = 0
@@ -112,6 +114,9 @@ class FitConfig:
         for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "l2sp_alpha", "l2sp_beta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`--{_flag(name)}` must be >= 0; got {getattr(self, name)!r}.")
+        for name, weight in self.task_weights.items():
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ConfigError(f"`--task-weight` for {name!r} must be a number >= 0; got {weight!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"`--precision` must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
         if self.image_size is not None and not 16 <= self.image_size <= 1024:

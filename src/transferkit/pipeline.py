@@ -47,27 +47,32 @@ class Run:
     def modality(self) -> str:
         return self.source.preprocessing.modality
 
-    def predict_proba(self, examples: list, task: str = DEFAULT_TASK, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for raw examples (image paths / PIL images / texts), shape (N, C)."""
-        return predict_proba(self.model, self.source, examples, task, batch_size)
+    @property
+    def main_task(self) -> str:
+        """The task used for model selection and the headline metrics (the first label column)."""
+        return next(iter(self.classes))
 
-    def predict(self, examples: list, task: str = DEFAULT_TASK) -> list[str]:
-        """Predicted class names for raw examples."""
-        names = self.classes[task]
+    def predict_proba(self, examples: list, task: str | None = None, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities of ``task`` (default: the main task) for raw examples, shape (N, C)."""
+        return predict_proba(self.model, self.source, examples, task or self.main_task, batch_size)
+
+    def predict(self, examples: list, task: str | None = None) -> list[str]:
+        """Predicted class names of ``task`` (default: the main task) for raw examples."""
+        names = self.classes[task or self.main_task]
         return [names[i] for i in self.predict_proba(examples, task).argmax(1)]
 
     def evaluate(self, data: str | Path | TaskData, split: str = "test") -> dict:
         """Metrics of this model on a split of ``data`` (a path or ``TaskData``)."""
         task = data if isinstance(data, TaskData) else load_task_data(
             data, **_data_options(FitConfig.from_dict(self.config["fit"])))
-        if task.classes != self.classes[DEFAULT_TASK]:
-            raise DataError(f"The data's classes {task.classes} differ from the run's {self.classes[DEFAULT_TASK]}.")
+        if task.classes != self.classes[self.main_task]:
+            raise DataError(f"The data's classes {task.classes} differ from the run's {self.classes[self.main_task]}.")
         s = task.splits()[split]
         return classification_metrics(s.labels, self.predict_proba(s.examples).argmax(1), task.classes)
 
     def as_source(self) -> SourceModel:
         """This run's shared layers as a source; its trained head becomes the source head."""
-        head = self.model.heads[DEFAULT_TASK]
+        head = self.model.heads[self.main_task]
         return dataclasses.replace(self.source, backbone=self.model.backbone,
                                    head=head[-1] if len(head) == 1 else head, id=f"run:{self.directory}")
 
@@ -94,6 +99,9 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     get_strategy(cfg.strategy)  # unknown names fail before any work
     task = data if isinstance(data, TaskData) else load_task_data(data, **_data_options(cfg))
     torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
+    unknown = sorted(set(cfg.task_weights) - set(task.tasks))
+    if unknown:
+        raise ConfigError(f"`--task-weight` names unknown task(s) {unknown}; the tasks are {list(task.tasks)}.")
     src = load_source(source)
     _check_modality(src, task)
     src = prepare_source(src, cfg, task)
@@ -101,9 +109,14 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     started = time.perf_counter()
     model, trainer = train_target(task, src, cfg, verbose=verbose)
     train_seconds = time.perf_counter() - started
-    proba = predict_proba(model, src, task.test.examples, batch_size=cfg.batch_size * 2)
+    proba = predict_proba(model, src, task.test.examples, task.task_name, batch_size=cfg.batch_size * 2)
     metrics = {"source": src.id, "strategy": cfg.strategy, "seed": cfg.seed, "train_seconds": train_seconds,
                **_prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
+    if task.extra_classes:  # several heads: the main task above, every task here
+        metrics["tasks"] = {
+            name: classification_metrics(labels, predict_proba(model, src, task.test.examples, name).argmax(1),
+                                         task.tasks[name])
+            for name, labels in task.labels_of("test").items()}
     if cfg.baseline:
         metrics.update(run_baseline(task, src, cfg, verbose=verbose))
         metrics["transfer_gain"] = metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
@@ -117,7 +130,7 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "data": task.summary(),
     })
-    classes = {DEFAULT_TASK: list(task.classes)}
+    classes = {name: list(c) for name, c in task.tasks.items()}
     run = Run(model, src, classes, _run_config(src, cfg, classes), metrics)
     if out is not None:
         save_run(run, Path(out), history=trainer.history, transfer=entries_as_dicts(entries))
@@ -135,7 +148,7 @@ def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
 
     src = prepare_source(src, cfg, task)
     torch.manual_seed(cfg.seed)
-    model = build_target_model(src, {DEFAULT_TASK: task.num_classes}, cfg.head_hidden, cfg.head_dropout)
+    model = build_target_model(src, {name: len(c) for name, c in task.tasks.items()}, cfg.head_hidden, cfg.head_dropout)
     if cfg.init_mix:
         _mix_initialisation(model, src, cfg)
     if cfg.reinit:
@@ -143,7 +156,7 @@ def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
     strategy = get_strategy(cfg.strategy)(cfg)
     model = strategy.prepare(model)
     start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if cfg.wise_ft else None
-    trainer = Trainer(cfg, task, src, verbose=verbose)
+    trainer = Trainer(cfg, task, src, verbose=verbose, task_weights=cfg.task_weights)
     strategy.train(model, trainer)
     if cfg.wise_ft:
         _choose_wise_ft(model, start, trainer)
@@ -225,9 +238,10 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
 
 
 @torch.inference_mode()
-def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: str = DEFAULT_TASK,
+def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: str | None = None,
                   batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities of ``task`` for raw examples, in order."""
+    """Softmax probabilities of ``task`` (default: the first head) for raw examples, in order."""
+    task = task or next(iter(model.heads))
     dataset = ExampleDataset(list(examples), None, input_pipeline(src, train=False))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
     device = next(model.parameters()).device
@@ -267,14 +281,16 @@ def load_run(directory: str | Path, load_weights: bool = True) -> Run:
     for key in ("weights", "license", "architecture"):
         setattr(src, key, config["source"].get(key, ""))
     fit_cfg = FitConfig.from_dict(config["fit"])
-    tasks = {t: len(c) for t, c in config["classes"].items()}
+    main = config.get("main_task", DEFAULT_TASK)
+    classes = {main: config["classes"][main], **config["classes"]}  # JSON keys are sorted: main first again
+    tasks = {t: len(c) for t, c in classes.items()}
     model = build_target_model(src, tasks, fit_cfg.head_hidden, fit_cfg.head_dropout)
     model = get_strategy(fit_cfg.strategy)(fit_cfg).prepare(model)
     if load_weights:
         _load_state(model, directory / "model.safetensors")
     model.eval()
     metrics = read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
-    return Run(model, src, config["classes"], config, metrics, directory)
+    return Run(model, src, classes, config, metrics, directory)
 
 
 def _load_state(model: TargetModel, path: Path) -> None:
@@ -326,6 +342,7 @@ def _run_config(src: SourceModel, cfg: FitConfig, classes: dict[str, list[str]])
                    "architecture": src.architecture,
                    "layer_groups": [g.name for g in src.layer_groups]},
         "classes": classes,
+        "main_task": next(iter(classes)),
         "fit": cfg.to_dict(),
         "versions": {"python": platform.python_version(), **versions},
     }

@@ -45,11 +45,24 @@ def _table_texts(path: Path, column: str) -> list[str]:
     return frame[column].astype(str).tolist()
 
 
-def write_predictions(path: Path, examples: list, proba: np.ndarray, classes: list[str]) -> None:
-    """One row per example: the input, the predicted label, and every class probability."""
+def write_predictions(path: Path, examples: list, probabilities: dict[str, np.ndarray],
+                      classes: dict[str, list[str]]) -> None:
+    """One row per example: the input, then per task the predicted label and every class probability.
+
+    With one task the columns are ``prediction, p_<class>...``; with several, each is prefixed by
+    the task name (``topic_prediction, topic_p_<class>...``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = {t: ("" if len(classes) == 1 else f"{t}_") for t in classes}
+    header = ["input"]
+    for t, names in classes.items():
+        header += [f"{prefix[t]}prediction", *[f"{prefix[t]}p_{c}" for c in names]]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["input", "prediction", *[f"p_{c}" for c in classes]])
-        for ex, p in zip(examples, proba):
-            writer.writerow([str(ex), classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+        writer.writerow(header)
+        for i, ex in enumerate(examples):
+            row = [str(ex)]
+            for t, names in classes.items():
+                p = probabilities[t][i]
+                row += [names[int(p.argmax())], *[f"{v:.6f}" for v in p]]
+            writer.writerow(row)

@@ -18,10 +18,12 @@ class Split:
     Attributes:
         examples: Image or audio file paths (``Path``), texts (``str``) or series (``np.ndarray``).
         labels: Class indices into ``TaskData.classes``, shape (N,), dtype int64.
+        extra_labels: Labels of further tasks on the same examples (``TaskData.extra_classes``).
     """
 
     examples: list
     labels: np.ndarray
+    extra_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -38,6 +40,8 @@ class TaskData:
         origin: Where the data came from (a folder or table path), for reports.
         skipped: ``(file, reason)`` pairs left out by ``skip_bad=True``.
         split_given: True when the user supplied the splits, False when transferkit made them.
+        task_name: Name of the main task, whose classes are ``classes`` ("label" for one task).
+        extra_classes: Further tasks on the same examples (several label columns), by name.
     """
 
     modality: str
@@ -48,10 +52,22 @@ class TaskData:
     origin: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_given: bool = False
+    task_name: str = "label"
+    extra_classes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def tasks(self) -> dict[str, list[str]]:
+        """Classes per task, the main task first."""
+        return {self.task_name: self.classes, **self.extra_classes}
+
+    def labels_of(self, split: str) -> dict[str, np.ndarray]:
+        """Labels per task for one split."""
+        s = self.splits()[split]
+        return {self.task_name: s.labels, **s.extra_labels}
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -68,7 +84,8 @@ class TaskData:
             h.update(name.encode())
             for ex in split.examples:
                 h.update(_example_stamp(ex))
-            h.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
+            for labels in (split.labels, *split.extra_labels.values()):
+                h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict:
@@ -79,6 +96,7 @@ class TaskData:
         }
         return {
             "modality": self.modality,
+            "tasks": {name: list(classes) for name, classes in self.tasks.items()},
             "origin": self.origin,
             "classes": list(self.classes),
             "split_sizes": {name: len(s) for name, s in self.splits().items()},

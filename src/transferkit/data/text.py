@@ -61,31 +61,34 @@ def sort_classes(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-def _missing_columns(df: pd.DataFrame, wanted: dict[str, str], path: Path, log: ProblemLog) -> None:
+def _missing_columns(df: pd.DataFrame, wanted: list[tuple[str, str]], path: Path, log: ProblemLog) -> None:
     present = [str(c) for c in df.columns]
-    for option, column in wanted.items():
+    for option, column in wanted:
         if column not in df.columns:
             flag = "--" + option.replace("_", "-")
             log.structural("", f"column {column!r} (`{option}`) not found in {path.name}; "
                                f"columns present: {present}. Pass {flag} ({option}=...) to name it")
 
 
-def _check_rows(index, texts, labels, splits, flagged: set, log: ProblemLog) -> list[tuple]:
-    """``(split, label, text)`` for every good row; the others go to ``log``."""
+def _check_rows(index, texts, labels, splits, flagged: set, log: ProblemLog,
+                extra: dict[str, pd.Series] | None = None) -> list[tuple]:
+    """``(split, label, row)`` for every good row; the others go to ``log``."""
     rows = []
+    extra = extra or {}
     for row, text, label, split in zip(index, texts, labels, splits):
         if row in flagged:  # already reported while reading
             continue
         name = _label(label)
         part = SPLIT_VALUES.get(split.strip().lower()) if isinstance(split, str) else None
-        reason = _text_problem(text) or (None if name else "missing label")
+        missing_extra = next((f"missing label in column {c!r}" for c, col in extra.items() if not _label(col[row])), None)
+        reason = _text_problem(text) or (None if name else "missing label") or missing_extra
         if not reason and not part:
             reason = (f"unknown split value {split!r} (expected train, val/validation/valid/dev "
                       "or test)")
         if reason:
             log.bad(f"row {row}", reason)
         else:
-            rows.append((part, name, str(text)))
+            rows.append((part, name, row))
     return rows
 
 
@@ -105,7 +108,9 @@ def load_text_table(
     Args:
         path: A ``.csv``, ``.tsv``, ``.jsonl``, ``.json`` or ``.parquet`` file.
         text_column: Column holding the texts.
-        label_column: Column holding the labels (strings or integers).
+        label_column: Column holding the labels (strings or integers). Several comma-separated
+            columns (``"topic,sentiment"``) make one task per column on the same texts; the
+            first is the main task (used for splits and model selection).
         split_column: Column holding train/val/test; used when present. A name other than the
             default ``"split"`` must exist.
         val_fraction: Fraction of each class for a val split transferkit makes.
@@ -128,15 +133,18 @@ def load_text_table(
         log.structural("", "no usable rows (every row has a problem)" if log.problems
                        else "the table is empty")
     log.stop_if_structural(_FIX)
-    wanted = {"text_column": text_column, "label_column": label_column}
+    label_columns = [c.strip() for c in label_column.split(",")] if isinstance(label_column, str) else list(label_column)
+    label_column, extra_columns = label_columns[0], label_columns[1:]
+    wanted = [("text_column", text_column), *[("label_column", c) for c in label_columns]]
     if split_column != "split":  # a name the user chose must exist
-        wanted["split_column"] = split_column
+        wanted.append(("split_column", split_column))
     _missing_columns(df, wanted, path, log)
     log.stop_if_structural(_FIX)
 
     has_split = split_column in df.columns
     split_values = df[split_column] if has_split else ["train"] * len(df)
-    rows = _check_rows(df.index, df[text_column], df[label_column], split_values, flagged, log)
+    rows = _check_rows(df.index, df[text_column], df[label_column], split_values, flagged, log,
+                       {c: df[c] for c in extra_columns})
     splits_present = {"train"} | ({s for s, _, _ in rows} if has_split else set())
     classes = sort_classes({c for _, c, _ in rows})
     counts = {s: Counter(c for s2, c, _ in rows if s2 == s) for s in splits_present}
@@ -148,5 +156,11 @@ def load_text_table(
 
     given = group_by_split(rows, classes, splits_present)
     splits = make_splits(given, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    extra_classes = {c: sort_classes({_label(df[c][r]) for _, _, r in rows}) for c in extra_columns}
+    for split in splits.values():  # examples were row numbers until now
+        split.extra_labels = {c: np.array([names.index(_label(df[c][r])) for r in split.examples], dtype=np.int64)
+                              for c, names in extra_classes.items()}
+        split.examples = [str(df[text_column][r]) for r in split.examples]
     return TaskData("text", classes, splits["train"], splits["val"], splits["test"],
-                    origin=str(path.resolve()), skipped=skipped, split_given="test" in splits_present)
+                    origin=str(path.resolve()), skipped=skipped, split_given="test" in splits_present,
+                    task_name=label_column if extra_columns else "label", extra_classes=extra_classes)

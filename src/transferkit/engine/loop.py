@@ -24,7 +24,7 @@ from transferkit.features import extract_features
 from transferkit.sources.base import SourceModel
 from transferkit.sources.inputs import ExampleDataset, input_pipeline
 from transferkit.surgery.freezing import count_trainable
-from transferkit.surgery.target import DEFAULT_TASK, TargetModel
+from transferkit.surgery.target import TargetModel
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -71,16 +71,16 @@ class Trainer:
         self.config = config
         self.task = task
         self.verbose = verbose
-        self.task_weights = task_weights or {DEFAULT_TASK: 1.0}
+        self.task_weights = task_weights or {}
         self.accelerator = Accelerator(mixed_precision=resolve_precision(config.precision),
                                        gradient_accumulation_steps=config.grad_accum)
         set_seed(config.seed)
-        labels = {DEFAULT_TASK: task.train.labels}
+        labels = task.labels_of("train")
         train_pipe = input_pipeline(source, train=True, augment=config.augment)
         eval_pipe = input_pipeline(source, train=False)
         self.train_set = ExampleDataset(task.train.examples, labels, train_pipe)
         self.train_eval_set = ExampleDataset(task.train.examples, labels, eval_pipe)
-        self.val_set = ExampleDataset(task.val.examples, {DEFAULT_TASK: task.val.labels}, eval_pipe)
+        self.val_set = ExampleDataset(task.val.examples, task.labels_of("val"), eval_pipe)
         self.history: list[dict] = []
         self.stages: list[dict] = []
 
