@@ -43,6 +43,15 @@ OPTIONS = {
 CANNOT_APPLY = {("lora", "lstm"): r"Strategy 'lora' found no layer to adapt .* LSTM\. Use 'bitfit'"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on 2 shared, busy cores a second thread makes these tiny models ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- a tiny LSTM source, built by hand ---------------------------------------------------------
 
 
@@ -224,13 +233,13 @@ class StubTrainer:
         self.stages: list[dict] = []
 
     def fit(self, model, param_groups, *, stage, epochs=None, penalty=None, on_epoch_start=None, **kwargs):
-        epochs_trainable = []
+        trainable, epochs_trainable = count_trainable(model), []  # counted at the start, as the Trainer does
         for epoch in range(epochs or self.config.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch, model)
             epochs_trainable.append({n for n, p in model.named_parameters() if p.requires_grad})
         self.stages.append({"stage": stage, "param_groups": param_groups, "penalty": penalty,
-                            "trainable": count_trainable(model), "epochs": epochs_trainable})
+                            "trainable": trainable, "epochs": epochs_trainable})
 
     def fit_heads_on_features(self, model, *, stage="linear_probe"):
         self.stages.append({"stage": stage, "trainable": count_trainable(model)})

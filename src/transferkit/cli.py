@@ -175,8 +175,9 @@ def sources() -> None:
     from transferkit.sources import list_sources
 
     table = Table(title="Packaged sources (offline, real pretrained weights)")
-    for col in ("id", "modality", "architecture", "features", "weights", "licence"):
-        table.add_column(col)
+    table.add_column("id", no_wrap=True)
+    for col in ("modality", "architecture", "features", "weights", "licence"):
+        table.add_column(col, overflow="fold")
     for s in list_sources():
         table.add_row(s.name, s.modality, s.architecture, str(s.feature_dim or "-"), s.weights, s.license)
     console = Console()
@@ -268,6 +269,22 @@ def scorers() -> None:
     for name, summary, kind in items:
         needs = "  [needs a source head]" if kind == "probabilities" else ""
         typer.echo(f"{name:<{width}}  {summary}{needs}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `transferkit fit`.")],
+    fmt: Annotated[str, Opt("--format", help="hf (text runs), torchvision or timm (image runs), or onnx.")],
+    out: Annotated[Path, Opt(help="Directory to write (model, model card README.md, preprocessing.json).")],
+) -> None:
+    """Export a run for transformers, torchvision, timm or ONNX runtimes, with a model card."""
+    from transferkit.export import export_run
+
+    result = export_run(run, fmt, out)
+    typer.echo(result.summary())
+    if result.max_abs_diff is not None and result.max_abs_diff > 1e-4:
+        typer.echo(f"warning: the export differs from the run by up to {result.max_abs_diff:.2e} in the logits.",
+                   err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ from transferkit.config import FitConfig
 from transferkit.data import TaskData, load_task_data
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.metrics import classification_metrics
-from transferkit.sources import SourceModel, build_from_spec, input_pipeline, load_source
+from transferkit.sources import SourceModel, build_from_spec, input_pipeline, load_source, source_modality
 from transferkit.sources.base import Preprocessing
 from transferkit.sources.inputs import ExampleDataset
 from transferkit.strategies import get_strategy
@@ -102,8 +102,9 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     unknown = sorted(set(cfg.task_weights) - set(task.tasks))
     if unknown:
         raise ConfigError(f"`--task-weight` names unknown task(s) {unknown}; the tasks are {list(task.tasks)}.")
+    _check_modality(source, source_modality(source), task)  # before paying for the weights
     src = load_source(source)
-    _check_modality(src, task)
+    _check_modality(source, src.modality, task)
     src = prepare_source(src, cfg, task)
 
     started = time.perf_counter()
@@ -316,10 +317,11 @@ def _data_options(cfg: FitConfig) -> dict:
             "skip_bad": cfg.skip_bad}
 
 
-def _check_modality(src: SourceModel, task: TaskData) -> None:
-    if src.modality != task.modality:
-        raise ConfigError(f"Source {src.id!r} takes {src.modality} inputs but the data is {task.modality}. "
-                          f"Pick a {task.modality} source from `transferkit sources`.")
+def _check_modality(source_id: str, modality: str | None, task: TaskData) -> None:
+    if modality is not None and modality != task.modality:
+        article = "an" if task.modality[0] in "aeiou" else "a"
+        raise ConfigError(f"Source {source_id!r} takes {modality} inputs but the data is {task.modality}. "
+                          f"Pick {article} {task.modality} source from `transferkit sources`.")
 
 
 def _prefixed(metrics: dict, prefix: str) -> dict:

@@ -11,37 +11,46 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from transferkit.data.audio import KNOWN_AUDIO, load_audio_folder, open_audio
 from transferkit.data.base import MODALITIES, Split, TaskData
 from transferkit.data.image import IMAGE_EXTENSIONS, load_image_folder, open_image
+from transferkit.data.sequence import SEQUENCE_EXTENSIONS, is_sequence_table, load_sequence_data
 from transferkit.data.splits import check_fractions
 from transferkit.data.text import TEXT_EXTENSIONS, load_text_table
 from transferkit.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "MODALITIES", "TEXT_EXTENSIONS", "Split", "TaskData",
-           "detect_modality", "load_task_data", "open_image"]
+           "detect_modality", "load_task_data", "open_audio", "open_image"]
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".aac"})
+AUDIO_EXTENSIONS = KNOWN_AUDIO
 
-LOADERS: dict[str, Callable[..., TaskData]] = {"image": load_image_folder, "text": load_text_table}
+LOADERS: dict[str, Callable[..., TaskData]] = {"image": load_image_folder, "text": load_text_table,
+                                               "audio": load_audio_folder, "sequence": load_sequence_data}
 
 
-def detect_modality(path: str | os.PathLike) -> str:
-    """The modality of the data at ``path``: "image", "text" or "audio".
+def detect_modality(path: str | os.PathLike, *, text_column: str = "text", label_column: str = "label",
+                    split_column: str = "split") -> str:
+    """The modality of the data at ``path``: "image", "text", "audio" or "sequence".
 
-    A file is a text table by its extension; a folder takes the modality of the first image
-    or audio file met (names starting with ``.`` are skipped).
+    A table file is a sequence table when :func:`transferkit.data.sequence.is_sequence_table`
+    says so (no text column, and a ``values`` column or only numbers outside the label and
+    split columns), else a text table; a folder takes the modality of the first image, audio or
+    ``.npy`` file met (names starting with ``.`` are skipped).
 
     Raises:
         DataError: The path does not exist or holds nothing transferkit can read.
     """
     p = Path(path)
-    supported = (f"a folder of class subfolders holding images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+    supported = (f"a folder of class subfolders holding images ({', '.join(sorted(IMAGE_EXTENSIONS))}), "
+                 f"audio clips ({', '.join(sorted(AUDIO_EXTENSIONS))}) or .npy series, "
                  f"or a table file ({', '.join(sorted(TEXT_EXTENSIONS))})")
     if not p.exists():
         raise DataError(f"`path` {str(path)!r} does not exist; expected {supported}.")
     if p.is_file():
         if p.suffix.lower() in TEXT_EXTENSIONS:
-            return "text"
+            sequence = is_sequence_table(p, text_column=text_column, label_column=label_column,
+                                         split_column=split_column)
+            return "sequence" if sequence else "text"
         raise DataError(f"`path` {str(path)!r} is not a supported data file; expected {supported}.")
     for folder, dirs, files in os.walk(p):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -51,7 +60,9 @@ def detect_modality(path: str | os.PathLike) -> str:
                 return "image"
             if suffix in AUDIO_EXTENSIONS:
                 return "audio"
-    raise DataError(f"`path` {str(path)!r} holds no image or audio files; expected {supported}.")
+            if suffix in SEQUENCE_EXTENSIONS:
+                return "sequence"
+    raise DataError(f"`path` {str(path)!r} holds no image, audio or .npy files; expected {supported}.")
 
 
 def load_task_data(
@@ -64,6 +75,7 @@ def load_task_data(
     test_fraction: float = 0.2,
     seed: int = 0,
     skip_bad: bool = False,
+    modality: str | None = None,
 ) -> TaskData:
     """Loads the target data at ``path``, checking all of it before any model is loaded.
 
@@ -77,6 +89,7 @@ def load_task_data(
         test_fraction: Fraction of each class for the test split when it is not given.
         seed: Seed of the stratified split.
         skip_bad: Skip bad files or rows (listed in ``TaskData.skipped``) instead of raising.
+        modality: Overrides :func:`detect_modality` (e.g. ``"sequence"`` for a table of series).
 
     Returns:
         The task with its train/val/test splits.
@@ -86,11 +99,16 @@ def load_task_data(
         ConfigError: A fraction is out of range.
     """
     check_fractions(val_fraction, test_fraction)
-    modality = detect_modality(path)
+    if modality is not None and modality not in LOADERS:
+        raise DataError(f"`modality` must be one of {', '.join(sorted(LOADERS))}; got {modality!r}.")
+    modality = modality or detect_modality(path, text_column=text_column, label_column=label_column,
+                                           split_column=split_column)
     if modality not in LOADERS:
         raise DataError(f"`path` {str(path)!r} holds {modality} files, but {modality} support is "
                         "not installed yet; supported now: " + ", ".join(sorted(LOADERS)) + ".")
     kwargs = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
     if modality == "text":
         kwargs.update(text_column=text_column, label_column=label_column, split_column=split_column)
+    if modality == "sequence":
+        kwargs.update(label_column=label_column, split_column=split_column)
     return LOADERS[modality](path, **kwargs)

@@ -17,23 +17,32 @@ import os
 import torch
 
 
-def num_processes() -> int:
-    """How many processes the launcher started (1 without a launcher)."""
+def _launched() -> bool:
+    """True when a launcher started several processes (``WORLD_SIZE`` > 1); no imports."""
     try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
-        return 1
-
-
-def is_distributed() -> bool:
-    """True when running as one of several processes."""
-    return num_processes() > 1
+        return False
 
 
 def _state():
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState()
+    # Without a GPU, Accelerate only forms a multi-process group when asked for the CPU
+    # (`accelerate launch --cpu` sets ACCELERATE_USE_CPU); a plain `torchrun` on a CPU
+    # machine should shard too. The state is shared: whoever creates it first decides.
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def num_processes() -> int:
+    """How many processes share the work (1 without a launcher)."""
+    return _state().num_processes if _launched() else 1
+
+
+def is_distributed() -> bool:
+    """True when running as one of several processes that form a process group."""
+    return num_processes() > 1
 
 
 def process_index() -> int:

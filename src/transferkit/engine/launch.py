@@ -45,6 +45,9 @@ def is_main_process() -> bool:
     return partial_state().is_main_process
 
 
+_warned: list[int] = []  # warn once per process, not once per Trainer
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int):
     """The Accelerator for training; warns when the launcher started fewer processes than asked."""
     from accelerate import Accelerator
@@ -52,7 +55,8 @@ def make_accelerator(mixed_precision: str, grad_accum: int):
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                               cpu=needs_cpu_backend())
     requested = requested_processes()
-    if accelerator.is_main_process and requested > accelerator.num_processes:
+    if accelerator.is_main_process and requested > accelerator.num_processes and not _warned:
+        _warned.append(requested)
         warnings.warn(
             f"The launcher was asked for {requested} processes but this run has {accelerator.num_processes}: "
             f"`accelerate launch --cpu --num_processes {requested}` starts a single process. To train with "

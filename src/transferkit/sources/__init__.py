@@ -10,6 +10,7 @@ from transferkit.sources.base import (
     build_from_spec,
     list_sources,
     load_source,
+    source_modality,
 )
 from transferkit.sources.inputs import input_pipeline
 
@@ -24,4 +25,5 @@ __all__ = [
     "input_pipeline",
     "list_sources",
     "load_source",
+    "source_modality",
 ]

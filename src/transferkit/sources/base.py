@@ -168,6 +168,13 @@ def load_source(source_id: str) -> SourceModel:
     return source
 
 
+def source_modality(source_id: str) -> str | None:
+    """The modality of a packaged source id without loading it; None when only loading can tell."""
+    _import_all()
+    name = source_id.strip().removesuffix(RANDOM_SUFFIX)
+    return PACKAGED.get(name)[0].modality if name in PACKAGED else None
+
+
 def build_from_spec(spec: dict, base_dir: Path) -> SourceModel:
     """Rebuilds a source architecture (random weights) from a saved spec."""
     _import_all()
@@ -194,6 +201,7 @@ def list_sources() -> list[SourceInfo]:
 def _import_all() -> None:
     # Registering modules; each is the only place that imports its library.
     from transferkit.sources import local, packaged, timm, torchvision, transformers  # noqa: F401
+    from transferkit.sources import audio, sequence  # noqa: F401  (after transformers: audio registers into it)
 
 
 # --- layer groups ------------------------------------------------------------------------

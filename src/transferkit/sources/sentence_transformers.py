@@ -9,13 +9,14 @@ works better on unnormalised pooled features.
 from __future__ import annotations
 
 from transferkit.sources.base import SCHEMES, SourceModel
-from transferkit.sources.transformers import text_source
+from transferkit.sources.transformers import quiet_transformers, text_source
 
 
 def load_st(name: str, pretrained: bool) -> SourceModel:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
+    quiet_transformers()
     st = SentenceTransformer(name, device="cpu")
     transformer, pooling = st[0], st[1]
     mode = "cls" if getattr(pooling, "pooling_mode_cls_token", False) else "mean"

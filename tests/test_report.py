@@ -1,0 +1,238 @@
+"""The run report: ``report.md`` and a self-contained ``report.html``, looked at in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import FAST, TINY_IMAGE_SOURCE
+from PIL import Image
+
+from transferkit.evaluation.report import ranking_rows, write_report
+
+SECTIONS = ("verdict", "data", "source", "transfer", "curves", "errors", "cost", "reproduce")
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+WINDOW = (1280, 2400)
+
+
+@pytest.fixture(scope="module")
+def image_run(image_folder, tmp_path_factory):
+    """One image run with its no-transfer baseline (the report's full set of inputs)."""
+    from transferkit import fit
+
+    out = tmp_path_factory.mktemp("report") / "run"
+    fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="linear_probe", out=out, verbose=False,
+        **{**FAST, "baseline": True})
+    return out
+
+
+def embedded_pngs(html: str) -> list[Image.Image]:
+    images = []
+    for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', html):
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+        images.append(image)
+    return images
+
+
+def ink(image: Image.Image) -> float:
+    """Share of pixels that are not (near) white."""
+    grey = image.convert("L")
+    histogram = grey.histogram()
+    return 1.0 - sum(histogram[245:]) / max(1, grey.width * grey.height)
+
+
+def test_fit_writes_a_self_contained_html_report(image_run):
+    html = (image_run / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in html, section
+    # self-contained: no scripts, no external assets
+    assert "<script" not in html.lower()
+    assert not re.findall(r'(?:src|href)="(?!data:image/png;base64,|#)', html)
+    assert "<style>" in html and "max-width:1000px" in html
+    images = embedded_pngs(html)
+    # comparison, transfer map, learning curves, confusion matrix, per-class bars
+    assert len(images) >= 5
+    for image in images:
+        assert image.format == "PNG" and image.width >= 300 and image.height >= 100
+        assert ink(image) > 0.01 and len(image.getcolors(1 << 16) or range(1 << 16)) > 8
+    assert "Transfer" in html and "baseline" in html
+    md = (image_run / "report.md").read_text()
+    for heading in ("## Data", "## Source and transfer map", "## Stages", "## Per class (test)", "## Cost"):
+        assert heading in md
+    assert "report.html" in md
+
+
+def _fake_run(tmp_path, **metric_overrides):
+    """A run directory written by hand: every optional report input present, transfer losing."""
+    config = {"transferkit_version": "0", "classes": {"label": ["cat", "dog", "<b>&bird"]},
+              "source": {"id": "mobilenet_v2", "architecture": "MobileNetV2", "weights": "ImageNet-1k",
+                         "license": "BSD-3-Clause", "feature_dim": 1280, "layer_groups": ["a", "b"],
+                         "spec": {"loader": "torchvision", "name": "mobilenet_v2"}, "preprocessing": {}},
+              "fit": {"strategy": "lp_ft", "seed": 3, "lr": 1e-4, "probe_lr": 3e-3, "epochs": 2, "warmup_ratio": 0.1},
+              "versions": {"torch": "2"}}
+    per_class = {c: {"precision": p, "recall": p, "f1": p, "support": 4}
+                 for c, p in (("cat", 0.5), ("dog", 0.25), ("<b>&bird", 0.75))}
+    metrics = {
+        "source": "mobilenet_v2", "strategy": "lp_ft", "seed": 3, "train_seconds": 12.5, "baseline_seconds": 9.0,
+        "test_accuracy": 0.5, "test_macro_f1": 0.5, "test_per_class": per_class,
+        "test_confusion_matrix": [[2, 1, 1], [2, 1, 1], [0, 1, 3]],
+        "baseline_test_accuracy": 0.75, "baseline_test_macro_f1": 0.7, "baseline": "scratch",
+        "baseline_test_per_class": per_class, "peak_memory_mb": 900.0,
+        "wise_ft_alpha": 0.4, "wise_ft_curve": [[a / 10, 0.5 + 0.05 * min(a, 4) / 4] for a in range(11)],
+        "selection": {"score": "logme", "choice": "mobilenet_v2", "kendall_tau": 0.33, "candidates": ["a", "b"],
+                      "short_run_val_accuracy": {"mobilenet_v2": 0.6, "efficientnet_lite0": 0.5},
+                      "ranking": [
+                          {"rank": 1, "source": "mobilenet_v2", "logme": 1.2, "seconds": 3.0, "notes": [],
+                           "random_control": False},
+                          {"rank": 2, "source": "efficientnet_lite0", "logme": 0.9, "seconds": 4.0,
+                           "notes": ["leep skipped: no head"], "random_control": False},
+                          {"rank": 3, "source": "mobilenet_v2@random", "logme": -0.4, "seconds": 2.0, "notes": [],
+                           "random_control": True}]},
+        "stages": [{"stage": "linear_probe", "epochs_run": 5, "best_epoch": 4, "best_val_accuracy": 0.5,
+                    "trainable_parameters": 3843, "seconds": 1.0, "examples_per_second": 500.0,
+                    "group_lrs": {"heads": 3e-3}},
+                   {"stage": "full", "epochs_run": 2, "best_epoch": 2, "best_val_accuracy": 0.6,
+                    "trainable_parameters": 2_000_000, "seconds": 10.0, "examples_per_second": 50.0}],
+        "transfer": {"by_origin": {"source": {"tensors": 10, "parameters": 2_000_000},
+                                   "fresh": {"tensors": 2, "parameters": 3843}},
+                     "trainable_parameters": 2_003_843, "total_parameters": 2_003_843, "frozen_parameters": 0},
+        "data": {"modality": "image", "origin": "/data/pets", "classes": ["cat", "dog", "<b>&bird"],
+                 "split_sizes": {"train": 30, "val": 6, "test": 12}, "split_given": False,
+                 "class_counts": {s: {"cat": n, "dog": n, "<b>&bird": n} for s, n in
+                                  (("train", 10), ("val", 2), ("test", 4))},
+                 "skipped": [{"file": "broken.png", "reason": "cannot identify image file"}]},
+    }
+    metrics.update(metric_overrides)
+    history = [{"stage": "linear_probe", "epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e,
+                "val_accuracy": 0.1 * e, "lr": 3e-3} for e in range(1, 6)]
+    history += [{"stage": "full", "epoch": e, "train_loss": 0.3 / e, "val_loss": 0.4, "val_accuracy": 0.6,
+                 "lr": 1e-4 / e} for e in range(1, 3)]
+    transfer = [{"tensor": f"backbone.features.{i}.weight", "shape": [100, 100], "origin": "source",
+                 "group": f"features.{i}", "trainable": True} for i in range(10)]
+    transfer += [{"tensor": "heads.label.0.weight", "shape": [3, 1280], "origin": "fresh", "group": "heads",
+                  "trainable": True}]
+    run = tmp_path / "fake"
+    run.mkdir()
+    for name, obj in (("config.json", config), ("metrics.json", metrics), ("history.json", history),
+                      ("transfer_map.json", transfer)):
+        (run / name).write_text(json.dumps(obj))
+    return run
+
+
+def test_report_flags_lost_transfer_and_shows_every_optional_section(tmp_path):
+    run = _fake_run(tmp_path)
+    write_report(run)
+    html = (run / "report.html").read_text()
+    assert 'class="verdict lost"' in html and "Transfer lost" in html and "-25.0" in html
+    assert 'id="wiseft"' in html and "<b>0.4</b>" in html  # the α-curve, chosen α marked
+    assert "Why this source" in html and '<tr class="chosen">' in html and "Kendall" in html
+    assert "leep skipped: no head" in html and "short-run val accuracy" in html
+    assert "broken.png" in html and "Preflight skipped 1" in html
+    assert "heads 0.003" in html  # learning rate per group, when the stage recorded it
+    assert "&lt;b&gt;&amp;bird" in html and "<b>&bird" not in html  # names are escaped
+    assert len(embedded_pngs(html)) >= 7  # + ranking chart and α-curve
+    md = (run / "report.md").read_text()
+    assert "**Transfer lost**" in md and "## Source selection" in md and "## WiSE-FT" in md
+
+
+def test_report_without_baseline_or_history(tmp_path):
+    run = _fake_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in [k for k in metrics if k.startswith("baseline") or k.startswith("wise_ft") or k == "selection"]:
+        del metrics[key]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "history.json").unlink()
+    (run / "transfer_map.json").unlink()
+    write_report(run)
+    html = (run / "report.html").read_text()
+    assert 'class="verdict none"' in html and "No baseline" in html and 'id="wiseft"' not in html
+    assert "Chosen by the user" in html
+
+
+def test_ranking_rows_accept_rank_output_and_selection_reports():
+    rows = [{"source": "a", "rank": 1, "logme": 1.0, "leep": None, "seconds": 1.0, "notes": []}]
+    assert ranking_rows(rows, None)["score"] == "logme"
+    sel = ranking_rows(None, {"score": "leep", "choice": "a", "ranking": rows + [{"source": "b", "leep": 0.5}]})
+    assert sel["score"] == "leep" and sel["facts"]["choice"] == "a" and len(sel["rows"]) == 2
+    assert ranking_rows(None, None) == {"rows": [], "score": None, "facts": {}}
+
+
+def test_plotting_stays_off_the_cli_import_path():
+    code = "import sys, transferkit.cli, transferkit.evaluation.report; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# -- the page in a real browser ------------------------------------------------------------------
+
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var found = Array.prototype.map.call(document.images, function (im) {
+    var r = im.getBoundingClientRect();
+    return {natural: [im.naturalWidth, im.naturalHeight], complete: im.complete,
+            box: [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]};
+  });
+  var pre = document.createElement("pre");
+  pre.id = "tk-image-check";
+  pre.textContent = JSON.stringify(found);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def chromium_binary() -> str | None:
+    for name in CHROMIUM_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def run_chromium(binary: str, profile, *args: str) -> subprocess.CompletedProcess:
+    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+               "--disable-extensions", "--mute-audio", f"--user-data-dir={profile}", "--force-device-scale-factor=1",
+               "--hide-scrollbars", f"--window-size={WINDOW[0]},{WINDOW[1]}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def test_report_renders_in_headless_chromium(image_run, tmp_path):
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no Chromium binary (Debian: `apt-get install -y chromium`); the browser check needs one")
+    report = image_run / "report.html"
+    shot = tmp_path / "report.png"
+    result = run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", report.as_uri())
+    assert shot.is_file(), result.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == WINDOW
+    assert ink(image) > 0.05 and len(image.getcolors(1 << 20) or ()) > 200  # a rendered page, not a blank one
+    if os.environ.get("TRANSFERKIT_SCREENSHOT"):  # keep a copy to look at
+        shutil.copy(shot, os.environ["TRANSFERKIT_SCREENSHOT"])
+
+    # The layout as Chromium computed it: each plot decoded (natural size > 0) and drawn on the page.
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = run_chromium(binary, tmp_path / "profile-dom", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="tk-image-check">([^<]*)</pre>', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    plots = json.loads(found.group(1).replace("&quot;", '"'))
+    assert len(plots) >= 5
+    visible = 0
+    for plot in plots:
+        assert plot["complete"] and plot["natural"][0] > 0 and plot["natural"][1] > 0, plot
+        x, y, w, h = plot["box"]
+        assert 0 < w <= 1000 and h > 0  # inside the ~1000 px column
+        if y + h <= WINDOW[1]:  # fully inside the screenshot: the plot's pixels are really there
+            region = image.crop((round(x), round(y), round(x + w), round(y + h)))
+            assert ink(region) > 0.02, plot
+            visible += 1
+    assert visible >= 2
