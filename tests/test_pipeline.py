@@ -166,3 +166,23 @@ def test_unknown_task_weight_is_named(text_table):
 
     with pytest.raises(ConfigError, match=r"`--task-weight` names unknown task\(s\) \['topic'\]"):
         fit(text_table, source="minilm", verbose=False, **{**FAST, "task_weights": {"topic": 1.0}})
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_soup_of_runs_from_one_source(image_folder, tmp_path, greedy):
+    from transferkit.merging import uniform_soup
+    from transferkit.pipeline import soup
+
+    dirs = []
+    for seed in (0, 1):
+        dirs.append(tmp_path / f"r{seed}")
+        fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=dirs[-1], verbose=False,
+            **{**FAST, "seed": seed})
+    result = soup(dirs, image_folder, out=tmp_path / "soup", greedy=greedy)
+    assert (tmp_path / "soup" / "model.safetensors").is_file()
+    info = result.metrics["soup"]
+    assert info["kind"] == ("greedy" if greedy else "uniform") and 1 <= len(info["used"]) <= 2
+    if not greedy:
+        expected = uniform_soup([load_run(d).model.state_dict() for d in dirs])
+        for k, v in load_run(tmp_path / "soup").model.state_dict().items():
+            assert torch.allclose(v.float(), expected[k].float()), k

@@ -42,7 +42,8 @@ def fit(
     grad_accum: Annotated[Optional[int], Opt(help="Gradient accumulation steps.")] = None,
     image_size: Annotated[Optional[int], Opt(help="Image side in pixels (default: the source's).")] = None,
     max_length: Annotated[Optional[int], Opt(help="Token limit for text sources.")] = None,
-    seed: Annotated[Optional[int], Opt(help="Seed for splits, init and data order.")] = None,
+    seed: Annotated[Optional[int], Opt(help="Seed for initialisation, data order and augmentation.")] = None,
+    split_seed: Annotated[Optional[int], Opt(help="Seed of the train/val/test split the tool makes.")] = None,
     precision: Annotated[Optional[str], Opt(help="no, bf16 or fp16.")] = None,
     patience: Annotated[Optional[int], Opt(help="Early-stopping patience in epochs (0 = off).")] = None,
     head_hidden: Annotated[Optional[int], Opt(help="Hidden width of the head (0 = linear).")] = None,
@@ -164,6 +165,24 @@ def evaluate(
         raise ConfigError(f"`--split` must be train, val or test; got {split!r}.")
     m = load_run(run).evaluate(data, split)
     typer.echo(f"{split} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+
+
+@app.command()
+def soup(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories fine-tuned from one source on one task.")],
+    data: Annotated[Path, Opt(help="The task's data: validation picks ingredients, test scores the soup.")],
+    out: Annotated[Path, Opt(help="Run directory for the soup.")] = Path("runs/soup"),
+    greedy: Annotated[bool, Opt("--greedy/--uniform", help="Greedy soup (default) or uniform average.")] = True,
+) -> None:
+    """Average the weights of several fine-tuned runs (model soup) and evaluate it."""
+    from transferkit.pipeline import soup as make_soup
+
+    result = make_soup(runs, data, out=out, greedy=greedy)
+    info = result.metrics["soup"]
+    typer.echo(f"{info['kind']} soup of {len(info['used'])} of {len(runs)} runs: "
+               f"test accuracy {result.metrics['test_accuracy']:.4f} "
+               f"(ingredients: {', '.join(f'{v:.4f}' for v in info['ingredient_test_accuracy'].values())}). "
+               f"Written to {out}.")
 
 
 @app.command()

@@ -32,7 +32,9 @@ class FitConfig:
         warmup_ratio: Fraction of steps with linear warm-up before the cosine decay.
         patience: Early-stopping patience in epochs on validation accuracy (0 disables).
         precision: "no", "bf16" or "fp16" (Accelerate mixed precision).
-        seed: Seed for splits, initialisation, data order and augmentation.
+        seed: Seed for initialisation, data order and augmentation.
+        split_seed: Seed of the train/val/test split made when the data has none; kept apart from
+            ``seed`` so runs with different seeds (soups, mean ± std) share one test split.
         image_size: Input side in pixels for image sources (default: the source's own).
         max_length: Token limit for text sources (default: the source's own).
         val_fraction, test_fraction: Split sizes when the data has no given splits.
@@ -70,6 +72,7 @@ class FitConfig:
     patience: int = 0
     precision: str = "no"
     seed: int = 0
+    split_seed: int = 0
     image_size: int | None = None
     max_length: int | None = None
     val_fraction: float = 0.15

@@ -251,6 +251,54 @@ def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: st
     return torch.cat(out).numpy() if out else np.zeros((0, model.heads[task][-1].out_features))
 
 
+def soup(runs: list[str | Path], data: str | Path | TaskData, out: str | Path | None = None,
+         greedy: bool = True) -> Run:
+    """Averages the weights of several runs fine-tuned from one source (a model soup).
+
+    Args:
+        runs: Run directories with the same source, architecture and classes.
+        data: The target data the runs were trained on; its validation split orders and
+            filters the ingredients (greedy soup) and its test split scores the soup.
+        out: Run directory for the soup; nothing is written if None.
+        greedy: Greedy soup (add ingredients best-first while validation accuracy does not
+            drop) rather than the uniform average of every run.
+    """
+    from transferkit.merging import greedy_soup, uniform_soup
+
+    if len(runs) < 2:
+        raise ConfigError(f"A soup needs at least two runs; got {len(runs)}.")
+    loaded = [load_run(r) for r in runs]
+    first = loaded[0]
+    for run in loaded[1:]:
+        if (run.source.spec, run.classes) != (first.source.spec, first.classes):
+            raise ConfigError(f"Run {str(run.directory)!r} has a different architecture or classes than "
+                              f"{str(first.directory)!r}; soups average runs of one source on one task.")
+    task = data if isinstance(data, TaskData) else load_task_data(
+        data, **_data_options(FitConfig.from_dict(first.config["fit"])))
+
+    def val_accuracy(state: dict) -> float:
+        first.model.load_state_dict(state)
+        s = task.val
+        return float((first.predict_proba(s.examples).argmax(1) == s.labels).mean()) if len(s) else 0.0
+
+    states = [r.model.state_dict() for r in loaded]
+    if greedy:
+        result = greedy_soup(states, val_accuracy)
+        state, used = result.state_dict, [str(loaded[i].directory) for i in result.indices]
+    else:
+        state, used = uniform_soup(states), [str(r.directory) for r in loaded]
+    first.model.load_state_dict(state)
+    proba = first.predict_proba(task.test.examples)
+    ingredients = {str(r.directory): r.metrics.get("test_accuracy") for r in loaded}
+    first.metrics = {**first.metrics, "soup": {"kind": "greedy" if greedy else "uniform", "used": used,
+                                                "ingredient_test_accuracy": ingredients},
+                     **_prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
+    if out is not None:
+        history = read_json(first.directory / "history.json") if (first.directory / "history.json").is_file() else []
+        save_run(first, Path(out), history=history)
+    return first
+
+
 # -- run directories ---------------------------------------------------------------------------
 
 
@@ -313,7 +361,7 @@ def _load_state(model: TargetModel, path: Path) -> None:
 
 def _data_options(cfg: FitConfig) -> dict:
     return {"text_column": cfg.text_column, "label_column": cfg.label_column, "split_column": cfg.split_column,
-            "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "seed": cfg.split_seed,
             "skip_bad": cfg.skip_bad}
 
 
