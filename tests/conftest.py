@@ -54,7 +54,7 @@ def tiny_bert_dir(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "message", *sorted({w for ws in WORDS.values() for w in ws}),
              *[str(i) for i in range(10)]]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
+    BertTokenizerFast(vocab=str(d / "vocab.txt")).save_pretrained(d)  # transformers 5 ignores `vocab_file=`
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)

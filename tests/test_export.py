@@ -38,19 +38,27 @@ def image_run(image_folder, tmp_path_factory):
 def first_token_text_run(text_table, tiny_bert_dir, tmp_path_factory):
     """Text runs on the tiny BERT with first-token pooling, keyed by head: one Linear / Linear-GELU-Linear.
 
-    Text sources mean-pool by default and `fit` has no pooling option yet, so the runs are made with
-    the text source built with ``pooling="cls"`` (what a sentence-transformers CLS model gives).
+    Text sources mean-pool by default. With a `pooling` option in `FitConfig` the runs ask for
+    ``"cls"``; without one, the text source is built with ``pooling="cls"`` (what a
+    sentence-transformers CLS model such as BGE gives).
     """
+    import dataclasses
+
     import transferkit.sources.transformers as hf_source
+    from transferkit.config import FitConfig
 
     build = hf_source.text_source
     root = tmp_path_factory.mktemp("text-exports")
+    has_option = "pooling" in {f.name for f in dataclasses.fields(FitConfig)}
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(hf_source, "text_source", lambda *a, **k: build(*a, **{**k, "pooling": "cls"}))
+        if not has_option:
+            patch.setattr(hf_source, "text_source", lambda *a, **k: build(*a, **{**k, "pooling": "cls"}))
         for head, hidden in (("linear", 0), ("hidden", 16)):
             runs[head] = fit_run(text_table, root / head, f"hf:{tiny_bert_dir}", strategy="full", lr=1e-3,
-                                 baseline=True, head_hidden=hidden)
+                                 baseline=True, head_hidden=hidden, **({"pooling": "cls"} if has_option else {}))
+    for run in runs.values():
+        assert json.loads((run / "config.json").read_text())["source"]["spec"]["pooling"] == "cls"
     return runs
 
 
@@ -199,7 +207,7 @@ def test_timm_export_loads_with_timm_create_model(image_run, image_folder, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(model(x), logits, rtol=0, atol=1e-6)
     if (out / "config.json").is_file():  # timm's own layout: create_model("local-dir:...") works too
-        again = timm.create_model(f"local-dir:{out}").eval()
+        again = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
         with torch.no_grad():
             torch.testing.assert_close(again(x), logits, rtol=0, atol=1e-6)
         assert json.loads((out / "config.json").read_text())["label_names"] == ["0", "1", "2", "3"]

@@ -186,3 +186,46 @@ def test_soup_of_runs_from_one_source(image_folder, tmp_path, greedy):
         expected = uniform_soup([load_run(d).model.state_dict() for d in dirs])
         for k, v in load_run(tmp_path / "soup").model.state_dict().items():
             assert torch.allclose(v.float(), expected[k].float()), k
+
+
+def test_lora_run_is_a_source_and_supports_wise_ft(image_folder, tmp_path):
+    """A LoRA run transfers as a plain backbone (adapters merged) and chooses a WiSE-FT alpha."""
+    out = tmp_path / "lora"
+    run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="lora", out=out, verbose=False,
+              **{**FAST, "wise_ft": True})
+    assert 0.0 <= run.metrics["wise_ft_alpha"] <= 1.0
+    second = fit(image_folder, source=f"run:{out}", strategy="full", out=tmp_path / "second", verbose=False, **FAST)
+    assert not any("lora_" in n for n, _ in second.model.named_parameters())
+    files = sorted(image_folder.rglob("*.png"))[:4]
+    np.testing.assert_allclose(second.predict_proba(files), load_run(tmp_path / "second").predict_proba(files),
+                               atol=1e-6)
+
+
+def test_wise_ft_on_lora_interpolates_merged_weights_exactly():
+    from torch import nn
+
+    from transferkit.config import FitConfig
+    from transferkit.merging import interpolate
+    from transferkit.sources.base import LayerGroup
+    from transferkit.strategies.lora import LoRA, merged_backbone
+    from transferkit.surgery.target import TargetModel
+
+    torch.manual_seed(0)
+    model = TargetModel(nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4)), {"label": nn.Linear(4, 2)},
+                        [LayerGroup("0", ["0.weight", "0.bias"]), LayerGroup("1", ["1.weight", "1.bias"])])
+    strategy = LoRA(FitConfig(strategy="lora", lora_r=2))
+    strategy.prepare(model)
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with torch.no_grad():  # a "fine-tuned" adapter
+        for name, p in model.backbone.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p))
+    tuned = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    w0, w1 = (merged_backbone(_with(model, sd))[0].weight.detach().clone() for sd in (start, tuned))
+    mixed = interpolate(start, tuned, 0.3, keys=strategy.wise_ft_keys(start))
+    torch.testing.assert_close(merged_backbone(_with(model, mixed))[0].weight, 0.7 * w0 + 0.3 * w1)
+
+
+def _with(model, state):
+    model.backbone.load_state_dict(state)
+    return model.backbone

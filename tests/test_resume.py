@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -34,24 +33,30 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kill_after", [
-    "ckpt-s01-e0000-b000002",  # mid-epoch in stage 1: stage 0 is restored from its `done` checkpoint
-    pytest.param("ckpt-s00-e0000-b000002", marks=pytest.mark.slow),  # the very first checkpoint, stage 0
+@pytest.mark.parametrize("kill_after, resume_in", [
+    # the first checkpoint of all (stage 0, mid-epoch); the resumed run in this process
+    ("ckpt-s00-e0000-b000002", "this process"),
+    # stage 1, epoch 2, mid-epoch: stage 0 comes back from its `done` checkpoint, both of stage 1's
+    # per-epoch hooks are replayed; the resumed run in a fresh interpreter
+    ("ckpt-s01-e0001-b000002", "subprocess"),
 ])
-def test_sigkill_mid_epoch_then_resume_ends_bit_identical(reference, tmp_path, kill_after):
+def test_sigkill_mid_epoch_then_resume_ends_bit_identical(reference, tmp_path, kill_after, resume_in, capfd):
     out = tmp_path / "run"
     proc = start(out, *RUN, "--step-delay", "0.15")  # ~0.3 s between checkpoints: the kill lands mid-epoch
     wait_for(lambda: (out / "checkpoints" / kill_after).is_dir(), proc, out)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc, out)  # SIGKILL
     assert not (out / "result.json").exists()
     newest = ckpt.list_checkpoints(out / "checkpoints")[-1].name
     position = ckpt.Position.parse(newest)
     assert not position.done and position.batch > 0, newest  # killed inside an epoch
 
-    log = run(out, *RUN, "--resume")
-    assert result(out)["resumed_from"] == newest
+    if resume_in == "subprocess":
+        log = run(out, *RUN, "--resume")
+    else:
+        run_here(out, *RUN, "--resume")
+        log = capfd.readouterr().err
     assert f"resuming from {out / 'checkpoints' / newest}" in log
+    assert result(out)["resumed_from"] == newest
     assert_identical(weights(out), weights(reference))
     assert result(out)["history"] == result(reference)["history"]
 
@@ -61,7 +66,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, tmp_pa
     proc = start(out, *RUN, "--stall-write", "8")  # write 8 (ckpt-s01-e0000-b000004) stops after its first file
     marker = out / "stalled-write.txt"
     wait_for(marker.exists, proc, out)
-    kill(proc)
+    kill(proc, out)
 
     partial = Path(marker.read_text())
     assert partial.name.startswith(".tmp-ckpt-s01-e0000-b000004")
@@ -123,6 +128,22 @@ def test_a_corrupt_newest_checkpoint_is_named_and_the_previous_one_is_used(refer
     run_here(out, *RUN, "--resume")
     assert result(out)["resumed_from"] == "ckpt-s01-e0002-b000004"
     assert_identical(weights(out), weights(reference))
+
+
+def test_dataloader_workers_load_exactly_what_the_main_process_would(reference, tmp_path):
+    # every example is loaded under its own seed, so worker processes change no augmentation; and
+    # `--num-workers` may differ between a run and its resume (here: mid-epoch, 0 -> 2 workers)
+    out = _copy_checkpoints(reference, tmp_path)
+    for name in ("ckpt-s01-done", "ckpt-s01-e0002-b000004"):
+        shutil.rmtree(out / "checkpoints" / name)
+    run_here(out, *RUN, "--resume", "--num-workers", "2")
+    assert result(out)["resumed_from"] == "ckpt-s01-e0002-b000002"
+    assert_identical(weights(out), weights(reference))
+
+
+def test_a_whole_run_with_workers_equals_one_without(reference, tmp_path):
+    run_here(tmp_path / "workers", *RUN, "--num-workers", "2")
+    assert_identical(weights(tmp_path / "workers"), weights(reference))
 
 
 def test_no_usable_checkpoint_is_an_error_never_a_silent_restart(reference, tmp_path):

@@ -36,6 +36,11 @@ def test_every_packaged_source(name, image_folder):
     if source.modality == "image":
         source.preprocessing.image_size = 64
         examples = sorted(image_folder.rglob("*.png"))[:3]
+    elif source.modality == "audio":  # (samples, rate) pairs: 0.4 s and 0.7 s tones at 8 kHz
+        import numpy as np
+
+        examples = [(0.3 * np.sin(2 * np.pi * f * np.arange(int(8000 * s)) / 8000).astype(np.float32), 8000)
+                    for f, s in ((220, 0.4), (440, 0.7))]
     else:
         examples = ["a short sentence", "another, longer sentence about transfer learning"]
     _check_source(source, examples)

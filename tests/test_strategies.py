@@ -27,6 +27,7 @@ from transferkit.sources.inputs import EXTRA_INPUTS
 from transferkit.strategies import get_strategy, list_strategies
 from transferkit.strategies.bss import BatchSpectralShrinkage
 from transferkit.strategies.gradual_unfreeze import groups_unfrozen
+from transferkit.strategies.lora import merged_backbone
 from transferkit.surgery import DEFAULT_TASK, build_target_model
 from transferkit.surgery.freezing import count_trainable
 
@@ -34,9 +35,9 @@ STRATEGIES = [name for name, _ in list_strategies()]
 SEEDS = [0, 1]
 #: Per model: options that make the loss go down within a few epochs for any seed.
 OPTIONS = {
-    "image": {"lr": 3e-3, "probe_lr": 1e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 16, "image_size": 32,
+    "image": {"lr": 3e-3, "probe_lr": 1e-2, "epochs": 3, "probe_epochs": 4, "batch_size": 16, "image_size": 32,
               "augment": False, "baseline": False, "grad_accum": 2},
-    "text": {"lr": 3e-3, "probe_lr": 1e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 16, "baseline": False},
+    "text": {"lr": 5e-3, "probe_lr": 1e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 8, "baseline": False},
     "lstm": {"lr": 1e-2, "probe_lr": 3e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 16, "baseline": False},
 }
 #: Strategies that cannot apply to a model: the error they must raise.
@@ -91,8 +92,28 @@ def series_task() -> TaskData:
     return TaskData("sequence", ["neg", "pos"], split(48), split(16), split(16))
 
 
+@pytest.fixture(scope="module")
+def bert_dir(tiny_bert_dir, tmp_path_factory):
+    """``tiny_bert_dir``, with a tokenizer that knows the vocabulary.
+
+    Under transformers 5, conftest's ``BertTokenizerFast(vocab_file=...)`` ignores the file (the
+    argument is now ``vocab``), so every word becomes [UNK] and no text model can learn. Until
+    conftest is fixed, this makes a copy with a working tokenizer; afterwards it is a no-op.
+    """
+    import shutil
+
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if len(AutoTokenizer.from_pretrained(tiny_bert_dir)) > 5:
+        return tiny_bert_dir
+    d = tmp_path_factory.mktemp("tiny-bert-vocab")
+    shutil.copytree(tiny_bert_dir, d, dirs_exist_ok=True)
+    BertTokenizerFast(vocab=str(d / "vocab.txt")).save_pretrained(d)
+    return d
+
+
 @pytest.fixture
-def make(image_folder, text_table, tiny_bert_dir, monkeypatch):
+def make(image_folder, text_table, bert_dir, monkeypatch):
     """``make(kind, seed, **options)`` -> (task, fresh source, FitConfig)."""
     monkeypatch.setitem(EXTRA_INPUTS, "sequence", lambda source, train: SeriesInputs())
 
@@ -101,7 +122,7 @@ def make(image_folder, text_table, tiny_bert_dir, monkeypatch):
         torch.manual_seed(seed)
         if kind == "lstm":
             return series_task(), lstm_source(), cfg
-        data, source_id = {"image": (image_folder, TINY_IMAGE_SOURCE), "text": (text_table, f"hf:{tiny_bert_dir}")}[kind]
+        data, source_id = {"image": (image_folder, TINY_IMAGE_SOURCE), "text": (text_table, f"hf:{bert_dir}")}[kind]
         src = load_source(source_id)
         if kind == "image":
             src.preprocessing.image_size = cfg.image_size
@@ -158,16 +179,18 @@ def names_of(model, ids) -> set[str]:
 
 
 def intended(strategy: str, model) -> set[str] | None:
-    """The parameters each strategy is meant to train (before ``freeze``); None if unknown."""
-    every = {n for n, _ in model.named_parameters()}
-    heads = {n for n in every if n.startswith("heads.")}
-    rules = {
-        "linear_probe": heads,
-        "bitfit": heads | {n for n in every if n.startswith("backbone.") and "bias" in n.rsplit(".", 1)[-1]},
-        "lora": heads | {n for n in every if ".lora_" in n},
-    }
-    return rules.get(strategy, every if strategy in ("full", "lp_ft", "gradual_unfreeze", "layerwise_lr", "l2sp",
-                                                      "bss") else None)
+    """The parameters a strategy is meant to train, before ``freeze`` (None: not known here)."""
+    names = {n for n, _ in model.named_parameters()}
+    heads = {n for n in names if n.startswith("heads.")}
+    if strategy == "linear_probe":
+        return heads
+    if strategy == "bitfit":  # bias, in_proj_bias, bias_ih_l0, ...
+        return heads | {n for n in names if n.startswith("backbone.") and "bias" in n.rsplit(".", 1)[-1]}
+    if strategy == "lora":
+        return heads | {n for n in names if ".lora_" in n}
+    if strategy in ("full", "lp_ft", "gradual_unfreeze", "layerwise_lr", "l2sp", "bss"):
+        return names
+    return None
 
 
 # -- the common suite ------------------------------------------------------------------------------
@@ -186,35 +209,35 @@ def test_strategy_trains_exactly_the_intended_parameters(strategy, kind, seed, m
         return
     before, model, trainer = train_direct(strategy, task, src, cfg)
 
+    # exactly the parameters that trained in some epoch changed; nothing else moved
     trained = names_of(model, set().union(*(ids for _, ids in trainer.epochs_trained)))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed == trained, (f"trained but unchanged: {sorted(trained - changed)[:5]}; "
                                 f"changed but not trained: {sorted(changed - trained)[:5]}")
     frozen = names_of(model, {id(p) for p in dict(model.params_by_group())[first_group]})
     assert frozen and not frozen & changed, "`freeze` must hold in every stage"
+    heads = {n for n, _ in model.named_parameters() if n.startswith("heads.")}
+    assert heads <= changed
     rule = intended(strategy, model)
     if rule is not None:
         assert trained == rule - frozen
-    assert {n for n in changed if n.startswith("heads.")} == {n for n, _ in model.named_parameters()
-                                                               if n.startswith("heads.")}
-    # the engine records what trains per stage; the loss goes down within every stage
-    stage_names = [s["stage"] for s in trainer.stages]
-    for stage in stage_names:
-        losses = [row["train_loss"] for row in trainer.history if row["stage"] == stage]
-        assert len(losses) >= 2 and losses[-1] < losses[0], (stage, losses)
-    first_epoch = {}
-    for stage, ids in trainer.epochs_trained:
-        first_epoch.setdefault(stage, ids)
+    if strategy in ("lp_ft", "gradual_unfreeze"):  # the heads train alone first
+        assert names_of(model, trainer.epochs_trained[0][1]) == heads
+    # the loss goes down within every stage; the engine records what trains at each stage's start
     for s in trainer.stages:
-        assert s["trainable_parameters"] == sum(p.numel() for p in model.parameters() if id(p) in first_epoch[s["stage"]])
+        losses = [row["train_loss"] for row in trainer.history if row["stage"] == s["stage"]]
+        assert len(losses) >= 2 and losses[-1] < losses[0], (s["stage"], losses)
+        first_epoch = next(ids for stage, ids in trainer.epochs_trained if stage == s["stage"])
+        assert s["trainable_parameters"] == sum(p.numel() for p in model.parameters() if id(p) in first_epoch)
 
 
 @pytest.mark.parametrize("kind", ["image", "text"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_saved_run_predicts_identically(strategy, kind, image_folder, text_table, tiny_bert_dir, tmp_path):
+def test_saved_run_predicts_identically(strategy, kind, image_folder, text_table, bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("transferkit.evaluation.report.write_report", lambda run_dir: None)  # tested elsewhere; slow
     data, source, examples = {
         "image": (image_folder, TINY_IMAGE_SOURCE, sorted(image_folder.rglob("*.png"))[:5]),
-        "text": (text_table, f"hf:{tiny_bert_dir}", ["win cash prize now", "team lunch meeting notes", "free report"]),
+        "text": (text_table, f"hf:{bert_dir}", ["win cash prize now", "team lunch meeting notes", "free report"]),
     }[kind]
     options = {**OPTIONS[kind], "epochs": 2, "probe_epochs": 2}
     run = fit(data, source=source, strategy=strategy, out=tmp_path / "run", verbose=False, **options)
@@ -371,14 +394,24 @@ def test_lora_trains_the_analytic_parameter_count(kind, make):
         n for n, _ in model.named_parameters() if n.startswith("backbone."))
 
 
-def test_lora_prepare_is_idempotent_and_skips_depthwise_convs(make):
+def test_lora_prepare_is_idempotent_skips_depthwise_convs_and_merges(make):
     task, src, cfg = make("image")
+    source_keys = list(src.backbone.state_dict())
     model = get_strategy("lora")(cfg).prepare(build_target_model(src, {DEFAULT_TASK: 4}))
     keys = list(model.state_dict())
     assert list(get_strategy("lora")(cfg).prepare(model).state_dict()) == keys
     wrapped = {n.split(".lora_A.")[0] for n in keys if ".lora_A." in n}
     assert "backbone.model.conv_stem" in wrapped and "backbone.model.blocks.3.0.conv_pw" in wrapped
     assert "backbone.model.blocks.3.0.conv_dw" not in wrapped  # depthwise: skipped
+    # merging the adapters gives back the source architecture, computing the same function
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.1)
+    merged = merged_backbone(model.backbone)
+    assert list(merged.state_dict()) == source_keys
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(merged.eval()(pixel_values=x), model.backbone.eval()(pixel_values=x), atol=1e-5, rtol=0)
     # freezing a group by name also freezes the adapters inside it
     cfg = FitConfig.from_dict({**cfg.to_dict(), "freeze": ["group0"]})
     get_strategy("lora")(cfg).train(model, StubTrainer(cfg))
@@ -416,8 +449,8 @@ def test_bss_penalty_and_hook():
     assert not model.backbone._forward_hooks  # removed after training
 
 
+@pytest.mark.filterwarnings("ignore:--precision bf16 is not fast")
 def test_strategies_compose_with_precision_and_accumulation(make):
-    task, src, cfg = make("text", precision="bf16", grad_accum=2, epochs=2)
     for strategy in ("l2sp", "bss", "lora"):
         task, src, cfg = make("text", precision="bf16", grad_accum=2, epochs=2)
         before, model, trainer = train_direct(strategy, task, src, cfg)

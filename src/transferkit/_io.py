@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from transferkit.errors import UnsafeFileError
+from transferkit.errors import NonFiniteLossError, UnsafeFileError
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -29,14 +29,33 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UnsafeFileError(f"Weights file {str(path)!r} is not a valid safetensors file: {e}") from None
+        with open(path, "rb") as f:
+            head = f.read(8)
+        hint = " The file is damaged or was not written by safetensors; write it again (e.g. re-run the `fit` that made it)."
+        pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        if (pickled or head[:4] == b"PK\x03\x04") and int.from_bytes(head.ljust(8, b"\0"), "little") > path.stat().st_size:
+            hint = (" It looks like a pickled (torch.save) checkpoint renamed to .safetensors; transferkit "
+                    "never unpickles files. Convert it where you trust it with `safetensors.torch.save_file("
+                    "torch.load(p, weights_only=True), 'model.safetensors')`.")
+        raise UnsafeFileError(f"Weights file {str(path)!r} is not a valid safetensors file: {e}.{hint}") from None
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Writes tensors as safetensors atomically (temporary file, then rename)."""
+    """Writes tensors as safetensors atomically (temporary file, then rename).
+
+    Raises:
+        NonFiniteLossError: A floating-point tensor holds NaN or infinity (training diverged);
+            nothing is written, so a diverged model never replaces a file.
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteLossError(
+            f"Not writing {str(path)!r}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); training diverged. "
+            "Try a lower `--lr` or `--precision no`, or check the inputs for NaN.")
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

@@ -42,6 +42,8 @@ def fit(
     grad_accum: Annotated[Optional[int], Opt(help="Gradient accumulation steps.")] = None,
     image_size: Annotated[Optional[int], Opt(help="Image side in pixels (default: the source's).")] = None,
     max_length: Annotated[Optional[int], Opt(help="Token limit for text sources.")] = None,
+    pooling: Annotated[Optional[str], Opt(help="Text sources: mean or cls (first-token) pooling.")] = None,
+    report_to: Annotated[Optional[list[str]], Opt(help="Experiment tracker: tensorboard or mlflow (repeatable); logs inside --out.")] = None,
     seed: Annotated[Optional[int], Opt(help="Seed for initialisation, data order and augmentation.")] = None,
     split_seed: Annotated[Optional[int], Opt(help="Seed of the train/val/test split the tool makes.")] = None,
     precision: Annotated[Optional[str], Opt(help="no, bf16 or fp16.")] = None,
@@ -115,7 +117,7 @@ def _show_result(metrics: dict, out: Path) -> None:
     console = Console()
     console.print(table)
     console.print(verdict(metrics).replace("**", ""))
-    console.print(f"Run directory: {out} (report.md, metrics.json, model.safetensors)")
+    console.print(f"Run directory: {out} (report.html, report.md, metrics.json, model.safetensors)")
 
 
 @app.command()

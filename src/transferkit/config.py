@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from transferkit.errors import ConfigError
 
 PRECISIONS = ("no", "bf16", "fp16")
+#: Names other tools use for our options, for the did-you-mean of unknown keys.
+_SYNONYMS = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs"}
 
 
 @dataclass
@@ -37,6 +40,8 @@ class FitConfig:
             ``seed`` so runs with different seeds (soups, mean ± std) share one test split.
         image_size: Input side in pixels for image sources (default: the source's own).
         max_length: Token limit for text sources (default: the source's own).
+        pooling: Text sources: "mean" over tokens or "cls" (first token); default: the source's own.
+            First-token runs export exactly to plain transformers (``transferkit export --format hf``).
         val_fraction, test_fraction: Split sizes when the data has no given splits.
         head_hidden: Width of a hidden layer in the head (0 = a single linear layer).
         head_dropout: Dropout before the head's last layer.
@@ -75,6 +80,7 @@ class FitConfig:
     split_seed: int = 0
     image_size: int | None = None
     max_length: int | None = None
+    pooling: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     head_hidden: int = 0
@@ -114,12 +120,18 @@ class FitConfig:
         _in_range(self, "lora_dropout", 0.0, 0.95)
         _in_range(self, "lr_decay", 0.0, 1.0, closed=False, upper_closed=True)
         _in_range(self, "init_mix", 0.0, 1.0)
-        for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "l2sp_alpha", "l2sp_beta"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"`--{_flag(name)}` must be >= 0; got {getattr(self, name)!r}.")
+        for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"`--{_flag(name)}` must be a whole number >= 0; got {value!r}.")
+        for name in ("l2sp_alpha", "l2sp_beta"):
+            if not _finite_non_negative(getattr(self, name)):
+                raise ConfigError(f"`--{_flag(name)}` must be a finite number >= 0; got {getattr(self, name)!r}.")
         for name, weight in self.task_weights.items():
-            if not isinstance(weight, (int, float)) or weight < 0:
-                raise ConfigError(f"`--task-weight` for {name!r} must be a number >= 0; got {weight!r}.")
+            if not _finite_non_negative(weight):
+                raise ConfigError(f"`--task-weight` for {name!r} must be a finite number >= 0; got {weight!r}.")
+        if self.pooling not in (None, "mean", "cls"):
+            raise ConfigError(f"`--pooling` must be 'mean' or 'cls' (first token); got {self.pooling!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"`--precision` must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
         if self.image_size is not None and not 16 <= self.image_size <= 1024:
@@ -139,7 +151,8 @@ class FitConfig:
         known = [f.name for f in fields(cls)]
         for key in values:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
+                close = ([_SYNONYMS[key]] if key in _SYNONYMS else
+                         difflib.get_close_matches(str(key).replace("-", "_"), known, n=1))
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"Unknown option {key!r} in {origin}.{hint} See `transferkit fit --help`.")
         return cls(**values)
@@ -155,12 +168,38 @@ class FitConfig:
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                raise ConfigError(f"`--config` file {str(path)!r} is not valid YAML "
+                                  f"({getattr(e, 'problem', None) or 'cannot parse'}{where}).") from None
+            if isinstance(values, dict):  # YAML 1.1 reads 1e-3 (no dot) as text: take it as the number meant
+                floats = {f.name for f in fields(cls) if f.type in ("float", "float | None")}
+                values = {k: _float_or_text(v) if k in floats else v for k, v in values.items()}
         else:
-            values = json.loads(text)
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"`--config` file {str(path)!r} is not valid JSON ({e}); "
+                                  "use .yaml/.yml for a YAML file.") from None
         if not isinstance(values, dict):
             raise ConfigError(f"`--config` file {str(path)!r} must hold a mapping of option: value.")
         return cls.from_dict({**values, **overrides}, origin=f"config file {str(path)!r}")
+
+
+def _float_or_text(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _finite_non_negative(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _flag(name: str) -> str:

@@ -102,8 +102,8 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResul
         raise ExportError(f"`--out` {str(out)!r} exists and is not an earlier export; pass a new or empty directory.")
     run = load_run(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    exporter = {"hf": _export_hf, "torchvision": _export_torchvision, "timm": _export_timm, "onnx": _export_onnx}[format]
-    result = exporter(run, out)
+    exporters = {"hf": _export_hf, "torchvision": _export_torchvision, "timm": _export_timm, "onnx": _export_onnx}
+    result = exporters[format](run, out)
     _write_json(out / "preprocessing.json", _preprocessing(run))
     (out / "README.md").write_text(model_card(run, result))
     result.files = sorted(p.name for p in out.iterdir() if p.is_file())
@@ -391,7 +391,7 @@ def _export_image_weights(run, out: Path, plain: nn.Module, classifier: str, for
     notes = [f"Classifier weights written as `{classifier}`; every other tensor is the run's shared layers."]
     if format == "timm" and _save_timm_hub_layout(plain, out, run):
         notes.append("Written with timm's own `save_for_hf` layout, so `timm.create_model(\"local-dir:<this "
-                     "directory>\")` also loads it, classes and preprocessing included.")
+                     "directory>\", pretrained=True)` also loads it, classes and preprocessing included.")
     else:
         save_weights(plain.state_dict(), out / "model.safetensors", metadata={"format": "pt"})
     _write_json(out / "labels.json", {"constructor": constructor, "num_classes": len(classes), "classes": classes,
@@ -407,9 +407,10 @@ def _save_timm_hub_layout(plain: nn.Module, out: Path, run) -> bool:
 
         pre = run.source.preprocessing
         size = pre.image_size or 224
-        save_for_hf(plain, str(out), model_config={"label_names": list(run.classes[run.main_task])}, safe_serialization=True,
-                    data_config={"input_size": (3, size, size), "mean": tuple(pre.mean), "std": tuple(pre.std),
-                                 "crop_pct": pre.crop_pct, "interpolation": pre.interpolation})
+        data_config = {"input_size": (3, size, size), "mean": tuple(pre.mean), "std": tuple(pre.std),
+                       "crop_pct": pre.crop_pct, "interpolation": pre.interpolation}
+        save_for_hf(plain, str(out), model_config={"label_names": list(run.classes[run.main_task])},
+                    safe_serialization=True, data_config=data_config)
         return (out / "model.safetensors").is_file()
     except Exception:  # noqa: BLE001 - older timm: plain safetensors below
         for name in ("model.safetensors", "config.json"):
@@ -564,8 +565,9 @@ def _add_onnx_metadata(path: Path, run) -> None:
     except ImportError:
         return
     model = onnx.load(str(path))
-    meta = {"classes": json.dumps(run.classes[run.main_task]), "tasks": json.dumps(run.classes), "source": run.config["source"]["id"],
-            "producer": "transferkit", "preprocessing": json.dumps(_preprocessing(run))}
+    meta = {"classes": json.dumps(run.classes[run.main_task]), "tasks": json.dumps(run.classes),
+            "source": run.config["source"]["id"], "producer": "transferkit",
+            "preprocessing": json.dumps(_preprocessing(run))}
     del model.metadata_props[:]
     for k, v in meta.items():
         entry = model.metadata_props.add()
@@ -583,7 +585,7 @@ def _check_onnx(path: Path, wrapper: nn.Module, inputs: dict[str, torch.Tensor],
     theirs = session.run(outputs, {k: v.numpy() for k, v in inputs.items()})
     ours = wrapper(**inputs)
     ours = ours if isinstance(ours, tuple) else (ours,)
-    return float(max(np.abs(t - o.float().numpy()).max() for t, o in zip(theirs, ours)))
+    return float(max(np.abs(t - o.float().numpy()).max() for t, o in zip(theirs, ours, strict=True)))
 
 
 # -- model card -------------------------------------------------------------------------------------
@@ -607,13 +609,15 @@ def _usage(run, result: ExportResult) -> str:
     size = run.source.preprocessing.image_size or 224
     pre = run.source.preprocessing
     image_pre = (f"from PIL import Image\nfrom torchvision.transforms import v2 as T\n\n"
-                 f"transform = T.Compose([T.ToImage(), T.Resize({round(size / (pre.crop_pct or 1.0))}, antialias=True), "
+                 f"transform = T.Compose([T.ToImage(), T.Resize({round(size / (pre.crop_pct or 1.0))}, "
+                 "antialias=True), "
                  f"T.CenterCrop({size}),\n                       T.ToDtype(torch.float32, scale=True), "
                  f"T.Normalize({list(pre.mean or ())}, {list(pre.std or ())})])\n"
                  f"x = transform(Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)\n")
     labels = f"classes = {classes!r}\n"
     if result.format == "hf":
-        return ("```python\nimport torch\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+        return ("```python\nimport torch\n"
+                "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
                 "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")\n"
                 "model = AutoModelForSequenceClassification.from_pretrained(\"path/to/this/directory\").eval()\n"
                 "batch = tokenizer([\"first text\", \"second text\"], padding=True, truncation=True, "
@@ -657,17 +661,19 @@ def model_card(run, result: ExportResult) -> str:
         f"library_name: {'transformers' if result.format == 'hf' else result.format}",
         f"tags: [transferkit, {data.get('modality', run.modality)}-classification, transfer-learning]",
         "---", "",
-        f"# {src['id']} fine-tuned on {Path(data.get('origin', '')).name or 'a target task'} ({len(classes)} classes)", "",
+        f"# {src['id']} fine-tuned on {Path(data.get('origin', '')).name or 'a target task'} "
+        f"({len(classes)} classes)", "",
         f"Exported by transferkit {config.get('transferkit_version', '')} as **{result.format}** "
-        f"(`{result.architecture}`) from a run trained with strategy `{fit.get('strategy')}`, seed {fit.get('seed')}.", "",
+        f"(`{result.architecture}`) from a run trained with strategy `{fit.get('strategy')}`, "
+        f"seed {fit.get('seed')}.", "",
         "## Results (held-out test split)", "",
         "| | test accuracy | test macro-F1 |", "|---|---|---|",
         f"| this model | {_f(m.get('test_accuracy'))} {_interval(m.get('test_accuracy'), n_test)} | "
         f"{_f(m.get('test_macro_f1'))} |",
     ]
     if "baseline_test_accuracy" in m:
-        lines.append(f"| no-transfer baseline ({m.get('baseline', 'same budget')}) | {_f(m['baseline_test_accuracy'])} | "
-                     f"{_f(m.get('baseline_test_macro_f1'))} |")
+        lines.append(f"| no-transfer baseline ({m.get('baseline', 'same budget')}) | "
+                     f"{_f(m['baseline_test_accuracy'])} | {_f(m.get('baseline_test_macro_f1'))} |")
         gain = m["test_accuracy"] - m["baseline_test_accuracy"]
         lines += ["", ("Transfer helped" if gain > 0 else "Transfer LOST against" if gain < 0 else "Transfer tied with")
                   + f" the baseline: {gain * 100:+.1f} points of test accuracy."]
@@ -682,7 +688,8 @@ def model_card(run, result: ExportResult) -> str:
         "", "## Data", "",
         f"{data.get('modality', run.modality)} examples from `{data.get('origin', 'unknown')}`; classes: "
         + ", ".join(f"`{c}`" for c in classes) + ".",
-        f"Split sizes: {sizes} ({'given by the data' if data.get('split_given') else 'made by transferkit, stratified'}).",
+        f"Split sizes: {sizes} "
+        f"({'given by the data' if data.get('split_given') else 'made by transferkit, stratified'}).",
         f"Examples skipped as unreadable: {len(data.get('skipped', []))}.",
         "", "## Source model and licence", "",
         f"- Source: `{src['id']}` ({src.get('architecture') or 'architecture not recorded'})",

@@ -358,6 +358,7 @@ def _write_entry(path: Path, key: str, src: SourceModel, feats: np.ndarray, prob
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; others may read a shared cache
         os.replace(tmp, path)
     except OSError as e:
         warnings.warn(f"Could not write the feature cache entry {str(path)!r} ({e}); features are not "

@@ -66,14 +66,24 @@ class Run:
         task = data if isinstance(data, TaskData) else load_task_data(
             data, **_data_options(FitConfig.from_dict(self.config["fit"])))
         if task.classes != self.classes[self.main_task]:
-            raise DataError(f"The data's classes {task.classes} differ from the run's {self.classes[self.main_task]}.")
+            ours = self.classes[self.main_task]
+            where = f"run:{self.directory}" if self.directory is not None else "run:<run dir>"
+            counts = (f"{len(ours)} classes, the data has {len(task.classes)}" if len(ours) != len(task.classes)
+                      else "other classes")
+            raise DataError(
+                f"The data's classes {task.classes} differ from the run's {ours} (its head `{self.main_task}` "
+                f"predicts {counts}), so the run cannot be evaluated on it. "
+                f"To train a new head for these classes on this run's shared layers, run "
+                f"`transferkit fit DATA --source {where}` (the head is re-initialised; nothing is loaded into it).")
         s = task.splits()[split]
         return classification_metrics(s.labels, self.predict_proba(s.examples).argmax(1), task.classes)
 
     def as_source(self) -> SourceModel:
         """This run's shared layers as a source; its trained head becomes the source head."""
         head = self.model.heads[self.main_task]
-        return dataclasses.replace(self.source, backbone=self.model.backbone,
+        fit_cfg = FitConfig.from_dict(self.config["fit"])
+        backbone = get_strategy(fit_cfg.strategy)(fit_cfg).shared_layers(self.model)
+        return dataclasses.replace(self.source, backbone=backbone,
                                    head=head[-1] if len(head) == 1 else head, id=f"run:{self.directory}")
 
 
@@ -160,13 +170,13 @@ def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
     trainer = Trainer(cfg, task, src, verbose=verbose, task_weights=cfg.task_weights)
     strategy.train(model, trainer)
     if cfg.wise_ft:
-        _choose_wise_ft(model, start, trainer)
+        _choose_wise_ft(model, start, trainer, strategy.wise_ft_keys(start))
     model.eval()
     return model, trainer
 
 
 def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceModel:
-    """Applies the options that change the source itself: input size, token limit, ``cut_at``.
+    """Applies the options that change the source itself: input size, tokens, pooling, ``cut_at``.
 
     Idempotent, so ``fit`` and ``train_target`` can both call it.
     """
@@ -174,6 +184,9 @@ def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceMo
         src.preprocessing.image_size = cfg.image_size
     if cfg.max_length and src.modality == "text":
         src.preprocessing.max_length = cfg.max_length
+    if cfg.pooling and src.modality == "text" and "pooling" in src.spec:
+        src.backbone.pooling = cfg.pooling
+        src.spec = {**src.spec, "pooling": cfg.pooling}
     if cfg.cut_at and "cut_at" not in src.spec:
         pipe = input_pipeline(src)
         src = cut_source(src, cfg.cut_at, pipe.collate([pipe.load(x) for x in task.train.examples[:2]]))
@@ -190,7 +203,7 @@ def _mix_initialisation(model: TargetModel, src: SourceModel, cfg: FitConfig) ->
     model.backbone.load_state_dict(mix_init(model.backbone.state_dict(), fresh, cfg.init_mix))
 
 
-def _choose_wise_ft(model: TargetModel, start: dict, trainer) -> None:
+def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str]) -> None:
     """WiSE-FT: sweeps alpha between the starting and fine-tuned shared layers, keeps the best on val."""
     from transferkit.merging import wise_ft
 
@@ -203,7 +216,7 @@ def _choose_wise_ft(model: TargetModel, start: dict, trainer) -> None:
         model.backbone.load_state_dict(state)
         return trainer.evaluate(model, loader)[1]
 
-    result = wise_ft(start, finetuned, val_accuracy)
+    result = wise_ft(start, finetuned, val_accuracy, keys=keys)
     model.backbone.load_state_dict(result.state_dict)
     trainer.stages.append({"stage": "wise_ft", "epochs_run": 0, "best_epoch": 0, "best_val_accuracy": result.best_score,
                            "trainable_parameters": 0, "seconds": time.perf_counter() - started,
@@ -352,7 +365,14 @@ def _load_state(model: TargetModel, path: Path) -> None:
         details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                             for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
                             if keys)
-        raise ConfigError(f"{str(path)!r} does not match the model described by its config.json ({details}).")
+        last_bias = {k.split(".")[1]: k for k in expected if k.startswith("heads.") and k.endswith(".bias")}
+        heads = [f"head `{task}` has {state[k].shape[0]} classes in the weights but {expected[k].shape[0]} in "
+                 "config.json" for task, k in last_bias.items() if k in wrong]
+        hint = (f" The {'; '.join(heads)}: the files come from different runs. Use the run directory as "
+                "written by `fit`; to reuse shared layers for other classes pass `--source run:DIR` to "
+                "`fit`, which re-initialises the head.") if heads else ""
+        raise ConfigError(f"{str(path)!r} does not match the model described by its config.json ({details}); "
+                          f"nothing was loaded.{hint}")
     model.load_state_dict(state)
 
 

@@ -14,8 +14,10 @@ Formats: what libsndfile reads through ``soundfile`` -- ``.wav``, ``.flac``, ``.
 / ``.opus`` (Vorbis, Opus), ``.mp3``, ``.aif`` / ``.aiff``. Files with another audio extension
 (``.m4a``, ``.aac``, ``.wma``) are reported as bad items with the fix (convert them).
 
-Decoding (:func:`open_audio`): float32 samples, channels averaged to mono, resampled with
-``resampy`` to the rate the source asks for (its ``Preprocessing.sample_rate``).
+Decoding (:func:`open_audio`): float32 samples, channels averaged to mono, resampled to the
+rate the source asks for (its ``Preprocessing.sample_rate``) with ``soxr`` at high quality --
+what ``librosa.resample`` uses by default, without librosa's import cost -- or ``resampy``
+(Kaiser-windowed sinc) where soxr is missing.
 
 Length policy: the loader keeps every clip whole. The source's input pipeline
 (``transferkit.sources.audio.AudioInputs``) makes every clip exactly ``clip_seconds`` long:
@@ -67,7 +69,7 @@ class _DecodeError(Exception):
 def open_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
     """Decodes an audio file to mono float32 samples at ``sample_rate``.
 
-    Channels are averaged; the clip is resampled with ``resampy`` when its own rate differs
+    Channels are averaged; the clip is resampled (:func:`resample`) when its own rate differs
     from ``sample_rate`` (None keeps the file's rate). Recently decoded clips are served from a
     small in-memory cache keyed by path, size, modification time and rate.
 
@@ -103,12 +105,18 @@ def open_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.nd
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """``wave`` resampled from ``rate`` to ``target`` Hz (resampy's band-limited sinc), float32."""
-    import resampy
-
+    """``wave`` resampled from ``rate`` to ``target`` Hz, float32 (soxr "HQ", else resampy "kaiser_best")."""
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
     if rate == target or wave.size == 0:
-        return wave.astype(np.float32, copy=False)
-    out = resampy.resample(wave.astype(np.float32, copy=False), rate, target, filter="kaiser_best")
+        return wave
+    try:
+        import soxr
+    except ImportError:
+        import resampy
+
+        out = resampy.resample(wave, rate, target, filter="kaiser_best")
+    else:
+        out = soxr.resample(wave, rate, target, quality="HQ")
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

@@ -188,6 +188,13 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise _SeriesError(f"unreadable file ({e.strerror})") from None
+    if magic != b"\x93NUMPY":  # numpy would call any other content "pickled data"
+        raise _SeriesError("not a .npy array (no NumPy header); save series with numpy.save")
+    try:
         array = np.load(path, allow_pickle=False)
     except ValueError as e:
         if "pickle" in str(e).lower():

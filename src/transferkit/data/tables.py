@@ -169,7 +169,12 @@ def read_table(path: Path, log: ProblemLog) -> tuple[pd.DataFrame, set]:
             raise DataError(f"Cannot read Parquet file {str(path)!r}: {e}") from None
         df.index = np.arange(1, len(df) + 1)
         return df, set()
-    text, bad = decode_utf8(path.read_bytes())
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode Text" and friends
+        log.structural("", "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8 "
+                           "(in Excel: CSV UTF-8)")
+        return _empty(), set()
+    text, bad = decode_utf8(raw)
     if suffix == ".json" and text.lstrip().startswith("["):
         return _read_json_array(text, bad, log)
     if suffix in (".json", ".jsonl"):

@@ -7,13 +7,15 @@ Two launch pitfalls on machines without GPUs (Accelerate 1.x):
   set: N copies of one run writing the same files. When the launcher's ``WORLD_SIZE`` is above 1
   and no GPU is present, transferkit asks Accelerate for CPU DDP (gloo) instead, so the N
   processes train one model together.
-- ``accelerate launch --cpu --num_processes N`` starts a single process (the ``--cpu``
-  launcher ignores ``--num_processes``). Nothing tells the script, so transferkit reads the
-  launcher's command line (Linux ``/proc``) and warns with the launch line that works.
+- ``accelerate launch --cpu --num_processes N``, and a config file with ``distributed_type:
+  MULTI_CPU`` (without MPI), start a single process: that launcher ignores ``num_processes``.
+  Nothing tells the script, so transferkit reads the launcher's command line and config file
+  (Linux ``/proc``) and warns with the launch line that works.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -66,28 +68,62 @@ def make_accelerator(mixed_precision: str, grad_accum: int):
     return accelerator
 
 
-def requested_processes(parent_cmdline: list[str] | None = None) -> int:
-    """How many processes the launcher was asked for: ``WORLD_SIZE``, else the parent's
-    ``accelerate launch ... --num_processes N`` (1 if unknown)."""
+def requested_processes(parent_cmdline: list[str] | None = None, parent_cwd: str | None = None) -> int:
+    """How many processes the launcher was asked for (1 if unknown).
+
+    ``WORLD_SIZE`` when a launcher set it; otherwise, when the parent process is
+    ``accelerate launch``, its ``--num_processes`` or the ``num_processes`` of its config file
+    (``--config_file``, else Accelerate's default config).
+    """
     if "WORLD_SIZE" in os.environ:
         return launched_processes()
     if parent_cmdline is None:
         try:
             with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
                 parent_cmdline = f.read().decode(errors="replace").split("\0")
+            parent_cwd = os.readlink(f"/proc/{os.getppid()}/cwd")
         except OSError:
             return 1
     names = [os.path.basename(a) for a in parent_cmdline]
     if not ("accelerate-launch" in names or "accelerate.commands.launch" in names
             or ("launch" in names and any(n.startswith("accelerate") for n in names))):
         return 1
-    for i, arg in enumerate(parent_cmdline):
-        for flag in ("--num_processes", "--num-processes"):
-            value = arg[len(flag) + 1:] if arg.startswith(flag + "=") else (
-                parent_cmdline[i + 1] if arg == flag and i + 1 < len(parent_cmdline) else None)
-            if value is not None:
-                try:
-                    return max(1, int(value))
-                except ValueError:
-                    return 1
-    return 1
+    value = _flag_value(parent_cmdline, "--num_processes", "--num-processes")
+    if value is None:
+        value = _config_processes(_flag_value(parent_cmdline, "--config_file", "--config-file"), parent_cwd,
+                                  cpu="--cpu" in parent_cmdline)
+    try:
+        return max(1, int(value)) if value is not None else 1
+    except ValueError:
+        return 1
+
+
+def _flag_value(argv: list[str], *flags: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+    return None
+
+
+def _config_processes(path: str | None, cwd: str | None, cpu: bool):
+    """``num_processes`` of the Accelerate config file the launcher read (None if none)."""
+    import yaml
+
+    if path is None:
+        if cpu:  # `--cpu` makes the launcher ignore the default config
+            return None
+        try:
+            from accelerate.commands.config import default_config_file
+        except ImportError:
+            return None
+        path = default_config_file
+    full = os.path.join(cwd or "", os.path.expanduser(path))
+    try:
+        with open(full) as f:
+            config = yaml.safe_load(f) if full.endswith((".yaml", ".yml")) else json.load(f)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return config.get("num_processes") if isinstance(config, dict) else None

@@ -439,7 +439,9 @@ class Trainer:
                 on_epoch_start(epoch, model)
         model.load_state_dict(found.tensors["model"])
         optimizer.load_state_dict(ckpt.optimizer_from_tensors(found.tensors.get("optimizer", {}), state["optimizer"]))
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(dict(state["scheduler"]))
+        if self.accelerator.scaler is not None and state.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self.history, self.stages = state["history"], state["stages"]
         mine = found.process_tensors(self.accelerator.process_index)
         run.epoch, run.batch, run.step = pos.epoch, pos.batch, state["step"]
@@ -491,6 +493,8 @@ class Trainer:
                 opt_tensors, state["optimizer"] = ckpt.optimizer_to_tensors(optimizer.state_dict())
                 tensors["optimizer"] = opt_tensors
                 state["scheduler"] = scheduler.state_dict()
+                if acc.scaler is not None:  # fp16 loss scaling on GPUs
+                    state["grad_scaler"] = acc.scaler.state_dict()
                 if run.best_state is not None:
                     tensors["best"] = run.best_state
             ckpt.write_checkpoint(self.checkpoint_dir, position, tensors, _jsonable(state))

@@ -183,6 +183,11 @@ def _mlflow_tracker(run_dir: Path, run_name: str):
 
             if self.uri.startswith("file:"):
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            active = mlflow.active_run()
+            if active is not None and "transferkit.run_dir" in active.data.tags:
+                mlflow.end_run(status="FAILED")  # left open by a fit that raised: close it
+            elif active is not None:
+                self.nested_run = True  # the user's own run stays open; ours goes inside it
             self.previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
             mlflow.set_tracking_uri(self.uri)
             super().start()

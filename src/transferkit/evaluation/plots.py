@@ -16,10 +16,14 @@ TRANSFER, BASELINE, ACCENT, GREY = "#4e79a7", "#f28e2b", "#59a14f", "#9c9c9c"
 LOSS_TRAIN, LOSS_VAL, LOST = "#4e79a7", "#e15759", "#e15759"
 
 
-def _figure(width: float = 9.0, height: float = 3.2, ncols: int = 1):
+def _figure(width: float = 9.0, height: float = 3.2, ncols: int = 1, *, left: float = 0.7, right: float = 0.25,
+            top: float = 0.35, bottom: float = 0.55, wspace: float = 0.25):
+    """A figure with fixed margins in inches (a layout engine would triple the drawing time)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=wspace)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     for ax in axes:
         ax.spines[["top", "right"]].set_visible(False)
@@ -34,7 +38,7 @@ def _png(fig) -> bytes:
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, facecolor="white")
+    fig.savefig(buffer, format="png", dpi=100, facecolor="white", pil_kwargs={"compress_level": 3})
     return buffer.getvalue()
 
 
@@ -51,7 +55,7 @@ def comparison(metrics: dict) -> bytes | None:
     ours = [metrics.get("test_accuracy", 0.0), metrics.get("test_macro_f1", 0.0)]
     base = [metrics.get("baseline_test_accuracy"), metrics.get("baseline_test_macro_f1")]
     has_base = base[0] is not None
-    fig, (ax,) = _figure(9.0, 1.9 if has_base else 1.3)
+    fig, (ax,) = _figure(9.0, 1.9 if has_base else 1.3, left=1.15, top=0.3, bottom=0.35)
     ax.grid(axis="y", visible=False)
     ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
     height = 0.38 if has_base else 0.6
@@ -74,7 +78,7 @@ def learning_curves(history: list[dict]) -> bytes | None:
     rows = [r for r in history if "epoch" in r]
     if not rows:
         return None
-    fig, (loss_ax, acc_ax) = _figure(9.0, 3.3, ncols=2)
+    fig, (loss_ax, acc_ax) = _figure(9.0, 3.3, ncols=2, left=0.65, top=0.35, bottom=0.55, wspace=0.22)
     x = list(range(1, len(rows) + 1))
     train = [r.get("train_loss", math.nan) for r in rows]
     val = [_finite(r.get("val_loss")) for r in rows]
@@ -116,12 +120,15 @@ def confusion_matrix(classes: list[str], matrix: list[list[int]], title: str = "
     counts = np.asarray(matrix, dtype=float)
     shares = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
     n = len(classes)
-    side = min(max(3.2, 0.42 * n + 1.8), 9.0)
-    fig, (ax,) = _figure(side + 1.2, side)
+    labels = [_short(c) for c in classes]
+    label_in = 0.075 * max(len(c) for c in labels) + 0.25  # inches for the widest tick label
+    rotate = n > 4
+    side = min(max(2.6, 0.42 * n), 7.5)  # the heatmap itself
+    left, bottom = label_in + 0.35, (label_in * 0.75 if rotate else 0.25) + 0.45
+    fig, (ax,) = _figure(left + side + 1.4, bottom + side + 0.35, left=left, right=1.4, top=0.35, bottom=bottom)
     ax.grid(False)
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="equal")
-    labels = [_short(c) for c in classes]
-    ax.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_xticks(range(n), labels, rotation=45 if rotate else 0, ha="right" if rotate else "center")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted", fontsize=9)
     ax.set_ylabel("true", fontsize=9)
@@ -133,7 +140,8 @@ def confusion_matrix(classes: list[str], matrix: list[list[int]], title: str = "
                 if counts[i, j]:
                     ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8 if n > 10 else 9,
                             color="white" if shares[i, j] > 0.55 else "#222222")
-    colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
+    colorbar = fig.colorbar(image, cax=fig.add_axes((1 - 1.15 / fig.get_figwidth(), bottom / fig.get_figheight(),
+                                                     0.15 / fig.get_figwidth(), side / fig.get_figheight())))
     colorbar.set_label("share of the true class", fontsize=8)
     colorbar.ax.tick_params(labelsize=8)
     return _png(fig)
@@ -145,7 +153,9 @@ def per_class(per_class: dict, baseline: dict | None = None) -> bytes | None:
         return None
     classes = list(per_class)
     n = len(classes)
-    fig, (ax,) = _figure(9.0, 3.0)
+    rotate = n > 8
+    bottom = 0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45
+    fig, (ax,) = _figure(9.0, 2.6 + bottom, left=0.55, top=0.4, bottom=bottom)
     width = 0.26
     xs = range(n)
     for k, (key, color) in enumerate((("precision", "#a0cbe8"), ("recall", "#8cd17d"), ("f1", TRANSFER))):
@@ -154,8 +164,8 @@ def per_class(per_class: dict, baseline: dict | None = None) -> bytes | None:
     if baseline:
         ax.scatter([x + width for x in xs], [baseline.get(c, {}).get("f1", math.nan) for c in classes], marker="_",
                    s=260, linewidths=2.5, color=BASELINE, zorder=3, label="baseline F1")
-    ax.set_xticks(list(xs), [_short(c) for c in classes], rotation=45 if n > 8 else 0,
-                  ha="right" if n > 8 else "center")
+    ax.set_xticks(list(xs), [_short(c) for c in classes], rotation=45 if rotate else 0,
+                  ha="right" if rotate else "center")
     ax.set_ylim(0, 1.05)
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: labels[i] == "baseline F1")
@@ -169,7 +179,7 @@ def wise_ft_curve(curve: list, chosen: float | None = None) -> bytes | None:
     points = sorted((float(a), float(s)) for a, s in curve or [])
     if not points:
         return None
-    fig, (ax,) = _figure(9.0, 2.8)
+    fig, (ax,) = _figure(9.0, 2.8, left=0.8, top=0.25, bottom=0.6)
     ax.plot([a for a, _ in points], [s for _, s in points], color=TRANSFER, marker="o", markersize=4)
     if chosen is not None:
         best = dict(points).get(float(chosen))
@@ -191,10 +201,11 @@ def ranking(rows: list[dict], score: str, chosen: str | None = None) -> bytes | 
     if not rows:
         return None
     rows = sorted(rows, key=lambda r: r[score], reverse=True)
-    fig, (ax,) = _figure(9.0, max(1.6, 0.34 * len(rows) + 0.9))
+    names = [str(r.get("source", "?")) for r in rows]
+    left = 0.075 * max(len(_short(n, 34)) for n in names) + 0.3
+    fig, (ax,) = _figure(9.0, max(1.6, 0.34 * len(rows) + 0.9), left=left, right=0.5, top=0.2, bottom=0.55)
     ax.grid(axis="y", visible=False)
     ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
-    names = [str(r.get("source", "?")) for r in rows]
     colors = [ACCENT if chosen and n == chosen else (GREY if n.endswith("@random") else TRANSFER) for n in names]
     bars = ax.barh(range(len(rows)), [r[score] for r in rows], color=colors)
     ax.bar_label(bars, fmt="%.3g", padding=3, fontsize=8)
@@ -231,7 +242,8 @@ def parameters_by_group(transfer_map: list[dict]) -> bytes | None:
         groups = {**{g: groups[g] for g in names[:20]}, f"{len(names) - 39} more groups": merged,
                   **{g: groups[g] for g in names[-19:]}}
         names = list(groups)
-    fig, (ax,) = _figure(9.0, max(1.8, 0.22 * len(names) + 1.0))
+    left = 0.065 * max(len(_short(g, 28)) for g in names) + 0.3
+    fig, (ax,) = _figure(9.0, max(1.8, 0.22 * len(names) + 1.0), left=left, top=0.4, bottom=0.55)
     ax.grid(axis="y", visible=False)
     ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
     left = np.zeros(len(names))

@@ -187,7 +187,8 @@ def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> lis
         "## Data",
         "",
         f"Modality {data.get('modality')}, {len(data.get('classes', []))} classes, "
-        f"splits {data.get('split_sizes')} ({'given' if data.get('split_given') else 'made by transferkit, stratified'}).",
+        f"splits {data.get('split_sizes')} "
+        f"({'given' if data.get('split_given') else 'made by transferkit, stratified'}).",
     ]
     counts = data.get("class_counts", {})
     if counts:
@@ -215,7 +216,8 @@ def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> lis
         "| origin | tensors | parameters |", "|---|---|---|",
         *[f"| {o} | {d['tensors']} | {d['parameters']:,} |" for o, d in transfer.get("by_origin", {}).items()],
         "",
-        f"Trainable parameters: {transfer.get('trainable_parameters', 0):,} of {transfer.get('total_parameters', 0):,}.",
+        f"Trainable parameters: {transfer.get('trainable_parameters', 0):,} "
+        f"of {transfer.get('total_parameters', 0):,}.",
     ]
     groups = group_summary(ctx.get("transfer_map", []))
     if groups:
@@ -237,6 +239,9 @@ def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> lis
                   "1 = fine-tuned).", "", "| α | val accuracy |", "|---|---|"]
         lines += [f"| {a:g} | {s:.4f} |" for a, s in metrics["wise_ft_curve"]]
     lines += [
+        *(["", "## Task heads (test)", "", "| task | accuracy | macro-F1 |", "|---|---|---|",
+           *[f"| {name} | {_num(m.get('accuracy'))} | {_num(m.get('macro_f1'))} |"
+             for name, m in metrics["tasks"].items()]] if len(metrics.get("tasks") or {}) > 1 else []),
         "", "## Per class (test)", "",
         "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
         *[f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
@@ -256,7 +261,8 @@ def _confusion_lines(classes: list[str], matrix: list[list[int]]) -> list[str]:
         return []
     head = "| true \\ pred | " + " | ".join(classes) + " |"
     rule = "|---" * (len(classes) + 1) + "|"
-    return [head, rule, *[f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(classes, matrix)]]
+    return [head, rule, *[f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+                          for c, row in zip(classes, matrix, strict=False)]]
 
 
 def _get(metrics: dict, key: str, fmt: str = ".4f") -> str:
@@ -430,10 +436,11 @@ def _source_html(config: dict, metrics: dict, ranking: dict, plots) -> str:
     cols = _ranking_columns(ranking["rows"])
     facts_html = "".join(f"<li>{_e(FACT_NAMES.get(k, k))}: <b>{_e(_cell(v))}</b></li>"
                          for k, v in ranking["facts"].items())
+    align = {c: "n" if any(_is_number(r.get(c)) for r in ranking["rows"]) else "" for c in cols}
     rows = "".join(f"<tr class=\"{'chosen' if r.get('source') == chosen else ''}\">"
-                   + "".join(f'<td class="{"" if c == "source" else "n"}">{_e(_cell(r.get(c)))}</td>' for c in cols)
+                   + "".join(f'<td class="{align[c]}">{_e(_cell(r.get(c)))}</td>' for c in cols)
                    + "</tr>" for r in ranking["rows"])
-    table = ("<table><tr>" + "".join(f'<th class="{"" if c == "source" else "n"}">{_e(c)}</th>' for c in cols)
+    table = ("<table><tr>" + "".join(f'<th class="{align[c]}">{_e(c)}</th>' for c in cols)
              + f"</tr>{rows}</table>")
     chart = _figure(plots.ranking(ranking["rows"], ranking["score"], chosen) if ranking["score"] else None,
                     f"Candidate sources by {ranking['score']} (higher = better predicted transfer; "
@@ -447,13 +454,13 @@ def _transfer_html(metrics: dict, transfer_map: list[dict], history: list[dict],
     total = transfer.get("total_parameters", 0) or 0
     trainable = transfer.get("trainable_parameters", 0) or 0
     by_origin = transfer.get("by_origin", {})
-    meaning = {"source": "copied from the source", "fresh": "freshly initialised", "random": "random init (no transfer)",
-               "mixed": "source and fresh init mixed"}
+    meaning = {"source": "copied from the source", "fresh": "freshly initialised",
+               "random": "random init (no transfer)", "mixed": "source and fresh init mixed"}
     origin_rows = "".join(f"<tr><td>{_e(o)}</td><td>{_e(meaning.get(o, ''))}</td><td class='n'>{d['tensors']}</td>"
                           f"<td class='n'>{d['parameters']:,}</td></tr>" for o, d in by_origin.items())
     out = (f"<p><b>{trainable:,}</b> of {total:,} parameters trained "
-           f"({trainable / total * 100 if total else 0:.1f}%); {transfer.get('frozen_parameters', total - trainable):,} "
-           "kept frozen.</p>")
+           f"({trainable / total * 100 if total else 0:.1f}%); "
+           f"{transfer.get('frozen_parameters', total - trainable):,} kept frozen.</p>")
     if origin_rows:
         out += ("<table><tr><th>origin</th><th>meaning</th><th class='n'>tensors</th><th class='n'>parameters</th></tr>"
                 f"{origin_rows}</table>")
@@ -477,7 +484,8 @@ def _transfer_html(metrics: dict, transfer_map: list[dict], history: list[dict],
 
 def _lr_settings(fit: dict) -> str:
     parts = [f"peak lr {fit.get('lr'):g} for fine-tuning stages" if _is_number(fit.get("lr")) else "",
-             f"probe_lr {fit.get('probe_lr'):g} for heads on cached features" if _is_number(fit.get("probe_lr")) else "",
+             f"probe_lr {fit.get('probe_lr'):g} for heads on cached features"
+             if _is_number(fit.get("probe_lr")) else "",
              f"lr_decay {fit.get('lr_decay'):g} per group toward the input (layerwise_lr)"
              if fit.get("strategy") == "layerwise_lr" else ""]
     warmup = fit.get("warmup_ratio")
@@ -492,7 +500,8 @@ def _curves_html(metrics: dict, history: list[dict], plots) -> str:
                   "Per epoch: training loss, validation loss and validation accuracy; dashed lines separate stages")
     if stages:
         rows = "".join(f"<tr><td>{_e(s['stage'])}</td><td class='n'>{s.get('epochs_run', '-')}</td>"
-                       f"<td class='n'>{s.get('best_epoch', '-')}</td><td class='n'>{_num(s.get('best_val_accuracy'))}</td>"
+                       f"<td class='n'>{s.get('best_epoch', '-')}</td>"
+                       f"<td class='n'>{_num(s.get('best_val_accuracy'))}</td>"
                        f"<td class='n'>{_int(s.get('trainable_parameters'))}</td></tr>" for s in stages)
         out += ("<table><tr><th>stage</th><th class='n'>epochs run</th><th class='n'>best epoch</th>"
                 f"<th class='n'>best val accuracy</th><th class='n'>trainable parameters</th></tr>{rows}</table>"
@@ -516,7 +525,21 @@ def _errors_html(metrics: dict, data: dict, plots) -> str:
         f"<td class='n'>{m['precision']:.3f}</td><td class='n'>{m['recall']:.3f}</td><td class='n'>{m['f1']:.3f}</td>"
         + (f"<td class='n'>{_num(base.get(c, {}).get('f1'), 3)}</td>" if base else "")
         + f"<td class='n'>{m['support']}</td></tr>" for c, m in per_class.items())
-    return f'<div class="two">{cm}<div>{"<table>" + head + rows + "</table>" if rows else ""}</div></div>{bars}'
+    tasks = _tasks_html(metrics)
+    return f'<div class="two">{cm}<div>{"<table>" + head + rows + "</table>" if rows else ""}</div></div>{bars}{tasks}'
+
+
+def _tasks_html(metrics: dict) -> str:
+    """Every task head's test metrics, for runs with several label columns."""
+    tasks = metrics.get("tasks") or {}
+    if len(tasks) < 2:
+        return ""
+    rows = "".join(f"<tr><td>{_e(name)}</td><td class='n'>{len(m.get('per_class', {}))}</td>"
+                   f"<td class='n'>{_num(m.get('accuracy'))}</td><td class='n'>{_num(m.get('macro_f1'))}</td></tr>"
+                   for name, m in tasks.items())
+    return ("<h3>Every task head</h3><p class='note'>The plots and the verdict are for the first task; "
+            "each head's test metrics:</p><table><tr><th>task</th><th class='n'>classes</th>"
+            f"<th class='n'>test accuracy</th><th class='n'>test macro-F1</th></tr>{rows}</table>")
 
 
 def _wise_ft_html(metrics: dict, plots) -> str:

@@ -21,7 +21,8 @@ Sources
   Whisper: the encoder only, fed its log-mel extractor's features, mean-pooled over the frames
   of the real audio, clip fixed by ``chunk_length`` (30 s). Each uses its own feature extractor.
 - ``resemblyzer``: Resemblyzer's GE2E speaker encoder (3 LSTM layers of 256 + a linear layer,
-  16 kHz, 40 mel bands every 10 ms, computed with Resemblyzer's own ``wav_to_mel_spectrogram``).
+  16 kHz, 40 mel bands every 10 ms, with Resemblyzer's preprocessing -- volume normalisation,
+  webrtcvad silence trimming, ``wav_to_mel_spectrogram`` -- reproduced in numpy).
   The embedding is ReLU(linear(last hidden state)), L2-normalised, 256-d. Default clip 1.6 s, the
   partial-utterance length it was trained on. The LSTM is kept as three one-layer LSTMs
   (``lstm.0`` ... ``lstm.2``), numerically the same network, so each layer is its own layer
@@ -39,6 +40,7 @@ package is never imported (it imports torchaudio at import time), only its ``ass
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 from pathlib import Path
@@ -295,37 +297,103 @@ RESEMBLYZER_RATE = 16000
 RESEMBLYZER_CLIP = 1.6
 
 
-def _resemblyzer_audio():
+def _webrtcvad():
     with warnings.catch_warnings():  # webrtcvad imports the deprecated pkg_resources
         warnings.simplefilter("ignore")
         try:
-            from resemblyzer import audio
+            import webrtcvad
         except ImportError:
-            raise ConfigError("The `resemblyzer` source needs the resemblyzer package: run "
-                              "`pip install --no-deps resemblyzer==0.1.4 && pip install librosa webrtcvad "
-                              "\"setuptools<81\"`.") from None
-    return audio
+            raise ConfigError("The `resemblyzer` source trims silences with webrtcvad: run "
+                              "`pip install webrtcvad \"setuptools<81\"`.") from None
+    return webrtcvad
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa ``htk=False``): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    mels = f / (200.0 / 3)
+    log = f >= 1000.0
+    return np.where(log, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mels)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), m * (200.0 / 3))
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, (n_mels, n_fft // 2 + 1) -- ``librosa.filters.mel``'s."""
+    fft_freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2.0), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((n_mels, len(fft_freqs)))
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+def resemblyzer_mel(wave: np.ndarray, sample_rate: int = RESEMBLYZER_RATE) -> np.ndarray:
+    """Resemblyzer's ``wav_to_mel_spectrogram`` in numpy: 25 ms Hann windows every 10 ms (centred,
+    zero-padded), power spectrum, 40 Slaney mel bands, not logarithmic; (frames, 40) float32."""
+    n_fft, hop = sample_rate * 25 // 1000, sample_rate * 10 // 1000
+    padded = np.pad(np.asarray(wave, dtype=np.float32), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    return (power.astype(np.float32) @ mel_filterbank(sample_rate, n_fft, 40).T).astype(np.float32)
+
+
+def normalize_volume(wave: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
+    """Raises (never lowers) the clip's RMS level to ``target_dbfs`` (Resemblyzer's ``increase_only``)."""
+    rms = float(np.sqrt(np.mean((wave.astype(np.float64) * 32767) ** 2)))
+    if rms == 0:
+        return wave
+    change = target_dbfs - 20 * np.log10(rms / 32767)
+    return wave if change < 0 else (wave * 10 ** (change / 20)).astype(np.float32)
+
+
+def trim_long_silences(wave: np.ndarray, sample_rate: int = RESEMBLYZER_RATE) -> np.ndarray:
+    """Resemblyzer's ``trim_long_silences``: webrtcvad (mode 3) on 30 ms windows, smoothed by a
+    moving average of 8 windows, dilated by 7 windows; silent stretches beyond that are cut."""
+    window = 30 * sample_rate // 1000
+    wave = wave[: len(wave) - len(wave) % window]
+    pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    vad = _webrtcvad().Vad(mode=3)
+    flags = np.array([vad.is_speech(pcm[i * 2:(i + window) * 2], sample_rate=sample_rate)
+                      for i in range(0, len(wave), window)], dtype=np.float64)
+    width = 8
+    padded = np.concatenate((np.zeros((width - 1) // 2), flags, np.zeros(width // 2)))
+    sums = np.cumsum(padded)
+    sums[width:] = sums[width:] - sums[:-width]
+    mask = np.round(sums[width - 1:] / width).astype(bool)
+    mask = np.convolve(mask.astype(np.int64), np.ones(7, dtype=np.int64), mode="same") > 0  # binary dilation
+    return wave[np.repeat(mask, window)]
 
 
 class ResemblyzerFrontend(AudioFrontend):
-    """Resemblyzer's preprocessing: volume to -30 dBFS (raise only), long silences trimmed
-    (webrtcvad; kept whole when fewer than 0.25 s would remain), then 40-band mel frames."""
+    """Resemblyzer's preprocessing: volume raised to -30 dBFS, long silences trimmed (kept whole
+    when fewer than 0.25 s would remain, e.g. for music or tones), then 40-band mel frames.
+
+    The numpy functions above reproduce ``resemblyzer.audio`` (checked in the tests) without
+    importing librosa and scipy.ndimage, which cost seconds per process.
+    """
 
     def __init__(self, trim_silence: bool = True) -> None:
         self.trim_silence = trim_silence
 
     def prepare(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        audio = _resemblyzer_audio()
-        if np.abs(wave).max(initial=0.0) > 0:
-            wave = audio.normalize_volume(wave, -30, increase_only=True).astype(np.float32)
+        wave = normalize_volume(wave)
         if self.trim_silence and len(wave) >= sample_rate // 4:
-            trimmed = audio.trim_long_silences(np.clip(wave, -1.0, 1.0))
+            trimmed = trim_long_silences(wave, sample_rate)
             if len(trimmed) >= sample_rate // 4:
-                wave = trimmed.astype(np.float32)
+                wave = trimmed
         return wave
 
     def item(self, wave: np.ndarray, length: int):
-        mel = _resemblyzer_audio().wav_to_mel_spectrogram(wave)  # (frames, 40), 10 ms hop, centred
+        mel = resemblyzer_mel(wave)  # (frames, 40), 10 ms hop, centred
         return mel, min(len(mel), 1 + length // 160)
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
@@ -345,6 +413,8 @@ class ResemblyzerBackbone(nn.Module):
 
     def forward(self, mels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = mels
+        if attention_mask is not None:  # frames after the longest clip cannot reach any output
+            x = x[:, : max(1, int(attention_mask.sum(1).max()))]
         for layer in self.lstm:
             x, _ = layer(x)
         if attention_mask is None:
@@ -443,6 +513,8 @@ class CrepeBackbone(nn.Module):
 
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         half = CREPE_WINDOW // 2
+        if lengths is not None:  # frames are independent: skip those past the longest clip's end
+            input_values = input_values[:, : max(1, int(lengths.max()))]
         frames = F.pad(input_values, (half, half)).unfold(1, CREPE_WINDOW, self.hop)  # (B, F, 1024)
         frames = frames - frames.mean(-1, keepdim=True)
         frames = frames / frames.std(-1, keepdim=True).clamp_min(1e-10)

@@ -200,7 +200,7 @@ def list_sources() -> list[SourceInfo]:
 
 def _import_all() -> None:
     # Registering modules; each is the only place that imports its library.
-    from transferkit.sources import local, packaged, timm, torchvision, transformers  # noqa: F401
+    from transferkit.sources import local, packaged, sentence_transformers, timm, torchvision, transformers  # noqa: F401
     from transferkit.sources import audio, sequence  # noqa: F401  (after transformers: audio registers into it)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, UnsafeFileError
 from transferkit.sources import timm as timm_source
 from transferkit.sources import torchvision as tv_source
 from transferkit.sources.base import PACKAGED, SourceInfo, SourceModel
@@ -31,8 +31,21 @@ def _require(module: str, install: str):
 
 
 def _read_pth(path: Path) -> dict:
-    # Packaged .pth files are plain state dicts; weights_only refuses anything else.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # Packaged .pth files are plain state dicts; weights_only refuses anything else (explicitly
+    # passed, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 cannot turn it off).
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a refused global; others for a damaged file
+        text = str(e).split("WeightsUnpickler error:", 1)[-1]
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        why = line.split(". ", 1)[0][:200]
+        refused = isinstance(e, pickle.UnpicklingError)
+        kind, why = ("holds more than tensors", why) if refused else ("cannot be read", f"{type(e).__name__}: {why}")
+        raise UnsafeFileError(
+            f"Packaged weights file {str(path)!r} {kind} ({why}), so it was not loaded: transferkit reads "
+            "only plain tensors and never runs code from a weights file. Reinstall the package that ships it.") from None
 
 
 def _mobilenet_v2(pretrained: bool) -> SourceModel:

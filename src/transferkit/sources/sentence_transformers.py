@@ -19,7 +19,9 @@ def load_st(name: str, pretrained: bool) -> SourceModel:
     quiet_transformers()
     st = SentenceTransformer(name, device="cpu")
     transformer, pooling = st[0], st[1]
-    mode = "cls" if getattr(pooling, "pooling_mode_cls_token", False) else "mean"
+    # sentence-transformers >= 6 names the mode; older releases set one flag per mode.
+    cls_token = getattr(pooling, "pooling_mode", None) == "cls" or getattr(pooling, "pooling_mode_cls_token", False)
+    mode = "cls" if cls_token else "mean"
     model = transformer.auto_model
     if not pretrained:
         model = AutoModel.from_config(model.config)

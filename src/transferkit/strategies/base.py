@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from torch import nn
+
 from transferkit._registry import Registry
 from transferkit.config import FitConfig
 from transferkit.engine import Trainer
@@ -38,6 +40,14 @@ class Strategy:
 
     def train(self, model: TargetModel, trainer: Trainer) -> None:
         raise NotImplementedError
+
+    def shared_layers(self, model: TargetModel) -> nn.Module:
+        """The trained shared layers in the source's own structure, for reuse as a ``run:`` source."""
+        return model.backbone
+
+    def wise_ft_keys(self, backbone_state: dict) -> list[str]:
+        """Backbone tensors WiSE-FT interpolates; the others keep their fine-tuned values."""
+        return list(backbone_state)
 
     def param_groups(self, model: TargetModel, lr: float | None = None) -> list[dict]:
         """One AdamW group with every trainable parameter at ``lr`` (default ``config.lr``)."""

@@ -9,8 +9,9 @@ What counts as a bias: every shared-layer parameter whose own name (the last dot
 contains ``bias`` -- ``bias`` of linear, convolution and normalisation layers (LayerNorm and
 BatchNorm shifts, as in the paper's LayerNorm terms), ``in_proj_bias`` of attention and
 ``bias_ih_l0`` / ``bias_hh_l0`` of recurrent layers. Networks built from bias-free
-convolutions followed by BatchNorm thus train their BatchNorm shifts. The heads train in
-full; ``--freeze`` keeps matching parameters frozen. A model without any bias is an error.
+convolutions followed by BatchNorm thus train their BatchNorm shifts (and those BatchNorm
+layers, no longer fully frozen, update their running statistics). The heads train in full;
+``--freeze`` keeps matching parameters frozen. A model without any bias is an error.
 """
 
 from transferkit.errors import ConfigError

@@ -8,19 +8,17 @@ groups for another epoch, and so on down to the input.
 
 The schedule, for ``n`` layer groups and ``epochs`` epochs (epoch ``e`` counts from 0):
 
-- epoch 0 trains the heads only;
-- at epoch ``e`` the top ``k(e) = min(n, ceil(e * max(1, n / (epochs - 1))))`` groups are
-  unfrozen, i.e. one group per epoch when there are enough epochs (the paper), otherwise
-  evenly sized chunks (sizes differ by at most one) so that the whole network trains in the
-  last epoch; epochs left over once everything is open train everything;
-- with ``epochs == 1`` everything trains in that one epoch (same as ``full``).
+- epoch 0 trains the heads only; epoch ``e`` trains the heads and the top ``k(e)`` groups;
+- enough epochs (``n <= epochs - 1``), the paper's rule: ``k(e) = min(e, n)``, one more
+  group per epoch, and the epochs left once everything is open train everything;
+- more groups than epochs: ``k(e) = ceil(e * n / (epochs - 1))``, groups open in evenly
+  sized chunks (sizes differ by at most one) so the whole network trains in the last epoch;
+- ``epochs == 1``: everything trains in that one epoch (same as ``full``).
 
 Groups matched by ``--freeze`` stay frozen throughout. One optimizer serves the whole stage:
 frozen parameters have no gradient, and AdamW skips those entirely (no update, no weight
 decay, no moment state) until they are unfrozen.
 """
-
-import math
 
 from transferkit.strategies.base import Strategy, register
 from transferkit.surgery.freezing import freeze_matching, set_trainable
@@ -30,7 +28,9 @@ def groups_unfrozen(epoch: int, num_groups: int, epochs: int) -> int:
     """How many layer groups, counted from the top, train in ``epoch`` (0-based)."""
     if epochs <= 1:
         return num_groups
-    return min(num_groups, math.ceil(epoch * max(1.0, num_groups / (epochs - 1))))
+    if num_groups <= epochs - 1:
+        return min(epoch, num_groups)
+    return -(-epoch * num_groups // (epochs - 1))  # ceil, in integers
 
 
 @register("gradual_unfreeze")

@@ -13,8 +13,9 @@ The penalty replaces weight decay, so AdamW's decoupled weight decay is 0 for ev
 in this strategy. ``alpha = --l2sp-alpha``, ``beta = --l2sp-beta``; parameters frozen by
 ``--freeze`` are left out of both sums (they cannot move).
 
-The penalty is computed with fused multi-tensor ops (one kernel per op for all tensors):
-the differences ``w - w0`` are the only parameter-sized temporaries, kept for the backward.
+The snapshot is taken when ``train`` starts, before the engine loads any checkpoint, so a
+resumed run keeps the source as its anchor. The penalty uses multi-tensor ops (one call per
+op for all tensors); the differences ``w - w0`` are its only parameter-sized temporaries.
 """
 
 import torch
@@ -32,15 +33,16 @@ class L2SPPenalty:
         self.source = [p.detach().clone() for p in shared]
 
     def __call__(self, model=None) -> torch.Tensor:
-        total = torch.zeros((), device=(self.shared or self.heads)[0].device)
-        if self.shared and self.source[0].device != self.shared[0].device:  # the engine moved the model
-            self.source = [w0.to(p.device) for w0, p in zip(self.source, self.shared)]
+        penalty = torch.zeros(())
         if self.shared and self.alpha:
+            if self.source[0].device != self.shared[0].device:  # the engine moved the model after the snapshot
+                self.source = [w0.to(p.device) for w0, p in zip(self.source, self.shared)]
             drift = torch._foreach_norm(torch._foreach_sub(self.shared, self.source))
-            total = total + self.alpha / 2 * torch.stack(drift).square().sum()
+            penalty = penalty.to(self.shared[0].device) + self.alpha / 2 * torch.stack(drift).square().sum()
         if self.heads and self.beta:
-            total = total + self.beta / 2 * torch.stack(torch._foreach_norm(self.heads)).square().sum()
-        return total
+            norms = torch._foreach_norm(self.heads)
+            penalty = penalty.to(self.heads[0].device) + self.beta / 2 * torch.stack(norms).square().sum()
+        return penalty
 
 
 @register("l2sp")

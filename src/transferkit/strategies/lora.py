@@ -18,7 +18,11 @@ Which layers get an adapter:
 
 Trainable parameters: ``r * (in + out)`` per adapted linear layer, ``r * (in * kh * kw + out)``
 per adapted convolution, plus the heads. ``--lora-r``, ``--lora-alpha``, ``--lora-dropout``.
+``merged_backbone`` folds the adapters into the weights (``W + (alpha/r) B A``), giving back
+the source's plain architecture, e.g. to use a LoRA run as the source of another transfer.
 """
+
+import copy
 
 from torch import nn
 
@@ -78,12 +82,35 @@ class LoRA(Strategy):
         model.layer_groups = _renamed_groups(model.layer_groups, before, [n for n, _ in model.named_parameters()])
         return model
 
+    def shared_layers(self, model):
+        return merged_backbone(model.backbone)
+
+    def wise_ft_keys(self, backbone_state):
+        # B starts at zero, so scaling B by alpha (A kept fine-tuned) gives exactly
+        # (1 - alpha) * W_source + alpha * W_finetuned for every adapted weight.
+        return [k for k in backbone_state if "lora_A" not in k]
+
     def train(self, model, trainer):
         set_trainable(model, groups=[], heads=True)
         for name, p in model.backbone.named_parameters():
             p.requires_grad_("lora_" in name)
         freeze_matching(model, self.config.freeze)
         trainer.fit(model, self.param_groups(model), stage="lora")
+
+
+def merged_backbone(backbone: nn.Module) -> nn.Module:
+    """A copy of ``backbone`` with every adapter merged into its base layer (original structure and names)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = copy.deepcopy(backbone)
+    for name, module in list(merged.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(merged, "peft_config"):
+        del merged.peft_config
+    return merged
 
 
 def _renamed_groups(groups: list[LayerGroup], before: set[str], after: list[str]) -> list[LayerGroup]:

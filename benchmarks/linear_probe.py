@@ -1,0 +1,155 @@
+"""Linear probe: transferkit vs the CLIP-paper recipe vs the forward-pass floor, in one run.
+
+Same source (packaged ``mobilenet_v2``, ImageNet-1k, at 64 px), same images (Fashion-MNIST PNGs:
+``N`` labels per class + a fixed test set), same batch size (64 for every forward pass), same
+torch threads. Rounds alternate the three variants (rotating which goes first) and medians are
+reported.
+
+What is timed (the source is loaded once, outside the timings; each variant gets a fresh copy):
+
+- **transferkit**: ``pipeline.train_target`` with ``strategy="linear_probe"`` (decode + transform +
+  forward over train and val, then the head trained on the cached features for ``probe_epochs``
+  epochs with validation-based selection) + ``pipeline.predict_proba`` on the test images
+  (decode + transform + forward + head). This is ``pipeline.fit`` without source loading,
+  baseline, report and file writing.
+- **recipe** (Radford et al. 2021, CLIP's linear-probe code): a torch ``DataLoader`` that opens
+  each PNG with PIL and applies the same eval transform, an ``inference_mode`` forward loop over
+  train, val and test, then scikit-learn ``LogisticRegression(C=0.316, max_iter=1000)`` fitted on
+  the train features and scored on the test features.
+- **floor**: a bare ``inference_mode`` loop of the backbone over the same train+val+test images,
+  already decoded, transformed and batched into tensors before the clock starts.
+
+JSON keys: ``efficiency_vs_forward_floor`` = floor / transferkit (target >= 0.85),
+``time_ratio_vs_peer`` = transferkit / recipe (target <= 1.05), ``accuracy_delta_vs_peer`` =
+transferkit test accuracy - recipe test accuracy (target >= -0.01), raw medians and per-round times.
+
+    python benchmarks/linear_probe.py --quick
+    python benchmarks/linear_probe.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _timing import WORK, Timer, common_args, emit, fresh, log, machine, median, setup
+
+
+def main() -> None:
+    parser = common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--per-class", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="cProfile one transferkit call (to stderr)")
+    args = parser.parse_args()
+    setup(args.threads)
+    import numpy as np
+    import torch
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from _data import fashion_mnist_folder
+    from transferkit.config import FitConfig
+    from transferkit.data import load_task_data
+    from transferkit.pipeline import predict_proba, train_target
+    from transferkit.sources import input_pipeline, load_source
+
+    per_class = args.per_class or (20 if args.quick else 30)
+    rounds = args.rounds or (2 if args.quick else 4)
+    test_per_class = 30
+    folder = fashion_mnist_folder(WORK / f"fmnist-lp-{per_class}-{test_per_class}", per_class, 0, test_per_class)
+    task = load_task_data(folder, seed=0)
+    batch, size = 64, 64
+    cfg = FitConfig(strategy="linear_probe", image_size=size, batch_size=batch // 2, baseline=False, seed=0)
+    src = load_source("mobilenet_v2")
+    src.preprocessing.image_size = size
+    transform = input_pipeline(src, train=False).transform  # the same eval transform for every variant
+    files = {s: list(task.splits()[s].examples) for s in ("train", "val", "test")}
+    labels = {s: np.asarray(task.splits()[s].labels) for s in ("train", "val", "test")}
+    every = files["train"] + files["val"] + files["test"]
+    log(f"{len(files['train'])} train, {len(files['val'])} val, {len(files['test'])} test images")
+
+    # -- the floor's tensors, made before any clock starts
+    floor_batches = [torch.stack([transform(Image.open(f).convert("RGB")) for f in every[i: i + batch]])
+                     for i in range(0, len(every), batch)]
+
+    def floor() -> dict:
+        bb = fresh(src).backbone.eval()
+        with Timer() as t, torch.inference_mode():
+            for x in floor_batches:
+                bb(pixel_values=x)
+        return {"seconds": t.seconds}
+
+    def transferkit() -> dict:
+        s = fresh(src)
+        with Timer() as t:
+            model, trainer = train_target(task, s, cfg, verbose=False)
+            proba = predict_proba(model, s, files["test"], batch_size=batch)
+        acc = float((proba.argmax(1) == labels["test"]).mean())
+        head = sum(st["seconds"] for st in trainer.stages)
+        return {"seconds": t.seconds, "head_fit_seconds": head, "accuracy": acc}
+
+    class Files(torch.utils.data.Dataset):
+        def __init__(self, paths):
+            self.paths = paths
+
+        def __len__(self):
+            return len(self.paths)
+
+        def __getitem__(self, i):
+            return transform(Image.open(self.paths[i]).convert("RGB"))
+
+    def recipe() -> dict:
+        bb = fresh(src).backbone.eval()
+        with Timer() as t:
+            feats = {}
+            with torch.inference_mode():
+                for split in ("train", "val", "test"):
+                    loader = torch.utils.data.DataLoader(Files(files[split]), batch_size=batch)
+                    feats[split] = torch.cat([bb(pixel_values=x) for x in loader]).numpy()
+            started = time.perf_counter()
+            clf = LogisticRegression(C=0.316, max_iter=1000).fit(feats["train"], labels["train"])
+            fit_seconds = time.perf_counter() - started
+            acc = float((clf.predict(feats["test"]) == labels["test"]).mean())
+        return {"seconds": t.seconds, "head_fit_seconds": fit_seconds, "accuracy": acc}
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(transferkit)
+        pstats.Stats(prof, stream=__import__("sys").stderr).sort_stats("cumulative").print_stats(35)
+
+    variants = {"floor": floor, "transferkit": transferkit, "recipe": recipe}
+    times = {k: [] for k in variants}
+    results = {}
+    transferkit()  # warm-up (first-call allocations, lazy imports); not counted
+    for r in range(rounds):
+        order = list(variants)[r % 3:] + list(variants)[:r % 3]
+        for name in order:
+            out = variants[name]()
+            times[name].append(out)
+            results[name] = out
+            log(f"round {r} {name}: {out}")
+    med = {k: median([o["seconds"] for o in v]) for k, v in times.items()}
+    emit({
+        "benchmark": "linear_probe",
+        "setup": {"source": "mobilenet_v2 (ImageNet-1k)", "image_size": size, "batch_size": batch,
+                  "data": f"Fashion-MNIST, {per_class} labels/class (train+val), {test_per_class}/class test",
+                  "images": len(every), "rounds": rounds, "probe_epochs": cfg.probe_epochs},
+        "machine": machine(args.threads),
+        "floor_seconds": med["floor"], "transferkit_seconds": med["transferkit"], "recipe_seconds": med["recipe"],
+        "transferkit_head_fit_seconds": median([o["head_fit_seconds"] for o in times["transferkit"]]),
+        "recipe_head_fit_seconds": median([o["head_fit_seconds"] for o in times["recipe"]]),
+        "efficiency_vs_forward_floor": med["floor"] / med["transferkit"],
+        "time_ratio_vs_peer": med["transferkit"] / med["recipe"],
+        "accuracy_transferkit": results["transferkit"]["accuracy"], "accuracy_recipe": results["recipe"]["accuracy"],
+        "accuracy_delta_vs_peer": results["transferkit"]["accuracy"] - results["recipe"]["accuracy"],
+        "targets": {"efficiency_vs_forward_floor": ">= 0.85", "time_ratio_vs_peer": "<= 1.05",
+                    "accuracy_delta_vs_peer": ">= -0.01"},
+        "rounds_seconds": {k: [round(o["seconds"], 3) for o in v] for k, v in times.items()},
+    })
+
+
+if __name__ == "__main__":
+    main()
