@@ -181,40 +181,49 @@ def agreement(args, root: Path) -> dict:
     if not args.quick:
         targets["faces"] = faces_folder(root)
     names = SCORERS.names()
+    # What decides in `--source auto`: a short run of the user's strategy. Two of them here,
+    # with FitConfig's defaults otherwise (the same config for every candidate).
+    truths = {"full": FitConfig(strategy="full", epochs=args.agreement_epochs, image_size=args.agreement_size,
+                                baseline=False),
+              "linear_probe": FitConfig(strategy="linear_probe", image_size=args.agreement_size, baseline=False)}
     out = {}
     for target, folder in targets.items():
         task = load_task_data(folder)
         rows = rank_sources(task, ids, names, image_size=args.agreement_size, batch_size=args.batch_size,
                             cache_dir=root / "cache")
-        cfg = FitConfig(strategy="full", epochs=args.agreement_epochs, lr=args.agreement_lr, batch_size=32,
-                        image_size=args.agreement_size, baseline=False, augment=False)
-        truth = {}
-        for source_id in ids:
-            torch.manual_seed(cfg.seed)
-            src = load_source(source_id)
-            model, _ = train_target(task, src, cfg, verbose=False)
-            proba = predict_proba(model, src, task.test.examples, batch_size=64)
-            truth[source_id] = classification_metrics(task.test.labels, proba.argmax(1), task.classes)["accuracy"]
-            print(f"  {target}: {source_id} fine-tuned test accuracy {truth[source_id]:.3f}", flush=True)
         by_source = {r["source"]: r for r in rows}
-        best = max(truth.values())
+        accuracy: dict[str, dict[str, float]] = {}
+        for truth, cfg in truths.items():
+            accuracy[truth] = {}
+            for source_id in ids:
+                torch.manual_seed(cfg.seed)
+                src = load_source(source_id)
+                model, _ = train_target(task, src, cfg, verbose=False)
+                proba = predict_proba(model, src, task.test.examples, batch_size=64)
+                acc = classification_metrics(task.test.labels, proba.argmax(1), task.classes)["accuracy"]
+                accuracy[truth][source_id] = acc
+                print(f"  {target}: {source_id:<26} {truth} test accuracy {acc:.3f}", flush=True)
         per_score = {}
         for name in names:
             scored = [s for s in ids if by_source[s][name] is not None]
-            values = [by_source[s][name] for s in scored]
-            tau = kendalltau(values, [truth[s] for s in scored])[0] if len(scored) > 1 else float("nan")
             top = max(scored, key=lambda s: by_source[s][name])
             pre = [by_source[s][name] for s in scored if not s.endswith("@random")]
             rnd = [by_source[s][name] for s in scored if s.endswith("@random")]
-            per_score[name] = {"kendall_tau": float(tau), "top_pick": top, "regret": best - truth[top],
-                               "randoms_below_pretrained": bool(rnd and pre and max(rnd) < min(pre)),
-                               "median_score_seconds": statistics.median(by_source[s]["score_seconds"] for s in ids)}
-            print(f"  {target}: {name:<19} tau {tau:+.2f}  top {top:<28} regret {best - truth[top]:.3f}  "
-                  f"randoms last {per_score[name]['randoms_below_pretrained']}", flush=True)
-        out[target] = {"fine_tune_test_accuracy": truth, "scores": {r["source"]: {n: r[n] for n in names} for r in rows},
-                       "per_score": per_score, "train_examples": len(task.train)}
-    return {"candidates": ids, "image_size": args.agreement_size, "epochs": args.agreement_epochs,
-            "lr": args.agreement_lr, "targets": out}
+            entry = {"top_pick": top, "randoms_below_pretrained": bool(rnd and pre and max(rnd) < min(pre)),
+                     "median_score_seconds": statistics.median(by_source[s]["score_seconds"] for s in ids)}
+            for truth, acc in accuracy.items():
+                tau = kendalltau([by_source[s][name] for s in scored], [acc[s] for s in scored])[0]
+                entry[f"tau_{truth}"] = float(tau)
+                entry[f"regret_{truth}"] = max(acc.values()) - acc[top]
+            per_score[name] = entry
+            print(f"  {target}: {name:<19} " + "  ".join(
+                f"tau[{t}] {entry[f'tau_{t}']:+.2f} regret[{t}] {entry[f'regret_{t}']:.3f}" for t in truths)
+                + f"  top {top}  randoms last {entry['randoms_below_pretrained']}", flush=True)
+        out[target] = {"test_accuracy": accuracy, "scores": {r["source"]: {n: r[n] for n in names} for r in rows},
+                       "per_score": per_score, "train_examples": len(task.train), "test_examples": len(task.test)}
+        (root / f"agreement-{target}.json").write_text(json.dumps(out[target], indent=1, default=float))
+    return {"candidates": ids, "image_size": args.agreement_size, "full_epochs": args.agreement_epochs,
+            "configs": {t: c.to_dict() for t, c in truths.items()}, "targets": out}
 
 
 def faces_folder(root: Path) -> Path:
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.scorer_d = 1280
     args.scorer_dims = [256, 1280] if args.quick else [256, 512, 1280, 2048]
     args.d_sweep_n = 2000
-    args.agreement_size, args.agreement_epochs, args.agreement_lr = 64, 4, 1e-3
+    args.agreement_size, args.agreement_epochs = 64, 4
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -100,6 +100,7 @@ RANGES = [
     ("num_workers", -2, "`--num-workers` must be a whole number >= 0; got -2."),
     ("checkpoint_every", -1, "`--checkpoint-every` must be a whole number >= 0; got -1."),
     ("seed", -1, "`--seed` must be a whole number >= 0; got -1."),
+    ("split_seed", 0.5, "`--split-seed` must be a whole number >= 0; got 0.5."),
     ("l2sp_alpha", NAN, "`--l2sp-alpha` must be a finite number >= 0; got nan."),
     ("l2sp_beta", INF, "`--l2sp-beta` must be a finite number >= 0; got inf."),
     ("l2sp_alpha", -0.1, "`--l2sp-alpha` must be a finite number >= 0; got -0.1."),
@@ -132,8 +133,6 @@ def test_out_of_range_flags_exit_2_before_any_work(flags, message, image_folder,
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="typer 0.29 vendors click: cli.main's `except click.ClickException` misses "
-                                        "typer._click's exceptions, so usage errors show a traceback and exit 1")
 @pytest.mark.parametrize("flags", [["--epochs", "abc"], ["--learning-rate", "0.1"]])
 def test_usage_errors_exit_2_without_a_traceback(flags, image_folder, tmp_path):
     code, _, err = cli(["fit", image_folder, "--out", tmp_path / "run", *flags])

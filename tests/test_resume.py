@@ -167,6 +167,17 @@ def test_resume_with_different_options_names_them(reference, tmp_path):
         _trainer(out, lr=0.001)
 
 
+def test_options_added_since_the_checkpoint_are_ignored_at_their_defaults(reference, tmp_path):
+    out = _copy_checkpoints(reference, tmp_path)
+    newest = out / "checkpoints" / "ckpt-s01-done"
+    state = ckpt.json.loads((newest / ckpt.STATE_FILE).read_text())
+    del state["fingerprint"]["config"]["head_hidden"], state["fingerprint"]["config"]["lr_decay"]
+    (newest / ckpt.STATE_FILE).write_text(ckpt.json.dumps(state))  # not in the manifest: no checksum
+    assert _trainer(out).resumed_from == "ckpt-s01-done"  # as if both options were added after the run
+    with pytest.raises(ConfigError, match=r"`--head-hidden` '\(not set\)' -> 16"):
+        _trainer(out, head_hidden=16)
+
+
 def test_a_new_run_without_resume_removes_old_checkpoints(reference, tmp_path):
     out = _copy_checkpoints(reference, tmp_path)
     with pytest.warns(UserWarning, match=r"removing 4 checkpoint\(s\) of an earlier run"):

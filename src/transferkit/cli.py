@@ -115,6 +115,11 @@ def _show_result(metrics: dict, out: Path) -> None:
         table.add_row("no-transfer baseline", f"{metrics['baseline_test_accuracy']:.4f}",
                       f"{metrics['baseline_test_macro_f1']:.4f}", f"{metrics['baseline_seconds']:.1f}")
     console = Console()
+    skipped = metrics.get("data", {}).get("skipped", [])
+    if skipped:
+        shown = ", ".join(f"{s['file']} ({s['reason']})" for s in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        console.print(f"Skipped {len(skipped)} bad example(s) (--skip-bad): {shown}{more}.", soft_wrap=True)
     console.print(table)
     console.print(verdict(metrics).replace("**", ""))
     console.print(f"Run directory: {out} (report.html, report.md, metrics.json, model.safetensors)")
@@ -309,26 +314,26 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the app; input errors print one line and exit with code 2."""
-    import click
-
+    """Entry point: runs the app; input and usage errors print one line and exit with code 2."""
     from transferkit.errors import TransferKitError
 
     argv = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, standalone_mode=False, prog_name="transferkit")
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
+        code = app(args=argv, standalone_mode=False, prog_name="transferkit")
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        code = 130
+    except typer.TyperException as e:  # typer's own click: unknown flag, bad value, missing argument
         e.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
+        code = 2
     except TransferKitError as e:
         if _state["debug"] or "--debug" in argv:
             raise
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        code = 2
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

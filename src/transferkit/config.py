@@ -120,7 +120,7 @@ class FitConfig:
         _in_range(self, "lora_dropout", 0.0, 0.95)
         _in_range(self, "lr_decay", 0.0, 1.0, closed=False, upper_closed=True)
         _in_range(self, "init_mix", 0.0, 1.0)
-        for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "seed"):
+        for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "seed", "split_seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"`--{_flag(name)}` must be a whole number >= 0; got {value!r}.")

@@ -385,20 +385,28 @@ class Trainer:
                   f"{found.state['stage']!r})", file=sys.stderr, flush=True)
 
     def _check_fingerprint(self, found: ckpt.Checkpoint) -> None:
-        old = found.state.get("fingerprint", {})
-        if old == self._fingerprint:
-            return
+        """Refuses a checkpoint of another run; names every option, data or process count that changed."""
+        old, new = found.state.get("fingerprint", {}), self._fingerprint
+        missing = object()
+        defaults = _jsonable(FitConfig().to_dict())
         diffs = []
-        for key in sorted(set(old) | set(self._fingerprint)):
-            if key == "config":
-                a, b = old.get(key, {}), self._fingerprint[key]
-                diffs += [f"`--{k.replace('_', '-')}` {a.get(k)!r} -> {b.get(k)!r}"
-                          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-            elif old.get(key) != self._fingerprint.get(key):
-                diffs.append(f"{key} {old.get(key)!r} -> {self._fingerprint.get(key)!r}")
-        raise ConfigError(f"Cannot resume from {str(found.path)!r}: it belongs to a different run ("
-                          + "; ".join(diffs) + "). Resume with the same options, data and number of processes, "
-                          "or start over without `--resume`.")
+        for key in sorted(set(old) | set(new)):
+            if key != "config":
+                if old.get(key, missing) != new.get(key, missing):
+                    diffs.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+                continue
+            a, b = old.get("config", {}), new["config"]
+            for name in sorted(set(a) | set(b)):
+                if name not in b:  # an option this version no longer has
+                    continue
+                if name not in a and b[name] == defaults.get(name, missing):  # an option added since, at its default
+                    continue
+                if a.get(name, missing) != b[name]:
+                    diffs.append(f"`--{name.replace('_', '-')}` {a.get(name, '(not set)')!r} -> {b[name]!r}")
+        if diffs:
+            raise ConfigError(f"Cannot resume from {str(found.path)!r}: it belongs to a different run ("
+                              + "; ".join(diffs) + "). Resume with the same options, data and number of "
+                              "processes, or start over without `--resume`.")
 
     def _stage_is_complete(self, index: int) -> bool:
         pos = self._resume.position if self._resume is not None else None

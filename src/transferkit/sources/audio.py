@@ -16,7 +16,9 @@ Sources
 -------
 - ``hf:<id or dir>`` for wav2vec2, HuBERT, WavLM, data2vec-audio, UniSpeech(-SAT), SEW(-D) and
   wav2vec2-conformer: the last hidden state mean-pooled over the frames of the real audio
-  (default clip 8 s); AST (``audio-spectrogram-transformer``): its pooled output (the mean of
+  (clips of up to 8 s; a model whose feature extractor returns an attention mask gets batches
+  padded to their longest clip, which the mask hides; the others, such as wav2vec2-base with
+  its group norm, always see zero-padded 8 s clips so padding cannot depend on batch-mates); AST (``audio-spectrogram-transformer``): its pooled output (the mean of
   the CLS and distillation tokens), clip fixed by the extractor's ``max_length`` frames (10.24 s);
   Whisper: the encoder only, fed its log-mel extractor's features, mean-pooled over the frames
   of the real audio, clip fixed by ``chunk_length`` (30 s). Each uses its own feature extractor.
@@ -170,7 +172,10 @@ class HFAudioFrontend(AudioFrontend):
         waves, lengths, sizes = zip(*items)
         rate = self.fe.sampling_rate
         if self.kind == "frames":
-            enc = self.fe(list(waves), sampling_rate=rate, padding="max_length", max_length=sizes[0],
+            # Models that take an attention mask ignore padding, so the batch is padded to its
+            # longest clip; the others (group-norm wav2vec2-base) always see clip_seconds.
+            longest = max(lengths) if self.pass_attention_mask else sizes[0]
+            enc = self.fe(list(waves), sampling_rate=rate, padding="max_length", max_length=longest,
                           return_attention_mask=True, return_tensors="pt")
             batch = {"input_values": enc["input_values"].float()}
             if self.pass_attention_mask:

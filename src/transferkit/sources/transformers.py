@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, UnsafeFileError
 from transferkit.sources.base import SCHEMES, SPEC_BUILDERS, Preprocessing, SourceModel, layer_groups_from_children
 
 #: Modalities by ``config.model_type`` for non-text encoders; others register here (audio).
@@ -70,17 +70,36 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def load_pretrained(auto_class, name: str):
+    """``auto_class.from_pretrained(name)`` with errors a user can act on.
+
+    transformers reads ``.bin`` checkpoints with ``weights_only=True``, so a pickle that would
+    run code is refused; the refusal becomes an ``UnsafeFileError`` instead of a traceback.
+    """
+    import pickle
+
+    try:
+        return auto_class.from_pretrained(name)
+    except pickle.UnpicklingError as e:
+        raise UnsafeFileError(
+            f"`hf:{name}` holds a pickled checkpoint that does not contain only tensors ({e}); transferkit "
+            "never runs code from model files. Use a model saved with safetensors (`save_pretrained`).") from None
+    except OSError as e:
+        raise ConfigError(f"`hf:{name}` could not be loaded: {e}. Offline, pass a local directory "
+                          "(`hf:/path/to/model`) written by `save_pretrained`.") from None
+
+
 @SCHEMES.register("hf")
 def load(name: str, pretrained: bool) -> SourceModel:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     quiet_transformers()
 
-    config = AutoConfig.from_pretrained(name)
+    config = load_pretrained(AutoConfig, name)
     if config.model_type in MODEL_TYPE_BUILDERS:
         return MODEL_TYPE_BUILDERS[config.model_type](name, config, pretrained)
-    model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    model = load_pretrained(AutoModel, name) if pretrained else AutoModel.from_config(config)
+    tokenizer = load_pretrained(AutoTokenizer, name)
     max_length = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
     source = text_source(model, tokenizer, pooling="mean", max_length=max_length, name=name)
     source.weights = f"transformers from_pretrained({name!r})" if pretrained else "random init"
