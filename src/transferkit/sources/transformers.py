@@ -85,7 +85,8 @@ def load_pretrained(auto_class, name: str):
             f"`hf:{name}` holds a pickled checkpoint that does not contain only tensors ({e}); transferkit "
             "never runs code from model files. Use a model saved with safetensors (`save_pretrained`).") from None
     except OSError as e:
-        raise ConfigError(f"`hf:{name}` could not be loaded: {e}. Offline, pass a local directory "
+        reason = " ".join(str(e).split()).rstrip(".")
+        raise ConfigError(f"`hf:{name}` could not be loaded: {reason}. Offline, pass a local directory "
                           "(`hf:/path/to/model`) written by `save_pretrained`.") from None
 
 
