@@ -203,27 +203,46 @@ def agreement(args, root: Path) -> dict:
                 acc = classification_metrics(task.test.labels, proba.argmax(1), task.classes)["accuracy"]
                 accuracy[truth][source_id] = acc
                 print(f"  {target}: {source_id:<26} {truth} test accuracy {acc:.3f}", flush=True)
-        per_score = {}
-        for name in names:
-            scored = [s for s in ids if by_source[s][name] is not None]
-            top = max(scored, key=lambda s: by_source[s][name])
-            pre = [by_source[s][name] for s in scored if not s.endswith("@random")]
-            rnd = [by_source[s][name] for s in scored if s.endswith("@random")]
-            entry = {"top_pick": top, "randoms_below_pretrained": bool(rnd and pre and max(rnd) < min(pre)),
-                     "median_score_seconds": statistics.median(by_source[s]["score_seconds"] for s in ids)}
-            for truth, acc in accuracy.items():
-                tau = kendalltau([by_source[s][name] for s in scored], [acc[s] for s in scored])[0]
-                entry[f"tau_{truth}"] = float(tau)
-                entry[f"regret_{truth}"] = max(acc.values()) - acc[top]
-            per_score[name] = entry
+        per_score = summarize_agreement(by_source, accuracy, names)
+        for name, entry in per_score.items():
             print(f"  {target}: {name:<19} " + "  ".join(
-                f"tau[{t}] {entry[f'tau_{t}']:+.2f} regret[{t}] {entry[f'regret_{t}']:.3f}" for t in truths)
-                + f"  top {top}  randoms last {entry['randoms_below_pretrained']}", flush=True)
+                f"{t}: tau {entry[t]['tau_all']:+.2f} tau(pretrained) {entry[t]['tau_pretrained']:+.2f} "
+                f"regret top-1 {entry[t]['regret_top1_pretrained']:.3f} top-3 {entry[t]['regret_top3_pretrained']:.3f}"
+                for t in truths) + f"  randoms last {entry['randoms_below_pretrained']}", flush=True)
         out[target] = {"test_accuracy": accuracy, "scores": {r["source"]: {n: r[n] for n in names} for r in rows},
                        "per_score": per_score, "train_examples": len(task.train), "test_examples": len(task.test)}
         (root / f"agreement-{target}.json").write_text(json.dumps(out[target], indent=1, default=float))
     return {"candidates": ids, "image_size": args.agreement_size, "full_epochs": args.agreement_epochs,
             "configs": {t: c.to_dict() for t, c in truths.items()}, "targets": out}
+
+
+def summarize_agreement(scores: dict, accuracy: dict, names: list[str]) -> dict:
+    """Per score: Kendall tau against each truth (all candidates, pretrained only), the regret of
+    the top-1 and of the best of the top-3 among pretrained sources (what ``--source auto``
+    with default candidates and ``top_k=3`` risks), and whether every @random copy ranks below
+    every pretrained source."""
+    from scipy.stats import kendalltau
+
+    ids = list(next(iter(accuracy.values())))
+    pre = [s for s in ids if not s.endswith("@random")]
+    out = {}
+    for name in names:
+        value = {s: scores[s][name] for s in ids if scores[s][name] is not None}
+        rnd = [v for s, v in value.items() if s.endswith("@random")]
+        entry = {"randoms_below_pretrained": bool(rnd) and max(rnd) < min(value[s] for s in pre if s in value)}
+        for truth, acc in accuracy.items():
+            scored_pre = [s for s in pre if s in value]
+            order = sorted(scored_pre, key=lambda s: -value[s])
+            best = max(acc[s] for s in pre)
+            entry[truth] = {
+                "tau_all": float(kendalltau([value[s] for s in value], [acc[s] for s in value])[0]),
+                "tau_pretrained": float(kendalltau([value[s] for s in scored_pre], [acc[s] for s in scored_pre])[0]),
+                "top1_all": max(value, key=value.get),
+                "regret_top1_pretrained": best - acc[order[0]],
+                "regret_top3_pretrained": best - max(acc[s] for s in order[:3]),
+            }
+        out[name] = entry
+    return out
 
 
 def faces_folder(root: Path) -> Path:

@@ -77,14 +77,14 @@ def main() -> None:
     parser = common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--arch", default="seq:cnn1d", help="the source architecture (a seq: id)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=None, help="target epochs (default 40, quick 15)")
+    parser.add_argument("--epochs", type=int, default=None, help="target epochs (default 100, quick 15)")
     parser.add_argument("--source-epochs", type=int, default=None, help="MNIST-1D epochs (default 30, quick 6)")
     parser.add_argument("--targets", nargs="*", default=list(TARGETS))
     args = parser.parse_args()
     setup(args.threads)
     from transferkit import fit
 
-    epochs = args.epochs or (15 if args.quick else 40)
+    epochs = args.epochs or (15 if args.quick else 100)
     source_epochs = args.source_epochs or (6 if args.quick else 30)
     n_train = 1500 if args.quick else None
     work = WORK / "sequence_transfer"

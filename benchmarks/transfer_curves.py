@@ -50,7 +50,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--plot", default=str(BENCH_DIR.parent / "docs" / "transfer_curves.png"))
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="combine the results of runs made per dataset (their JSON lines, or the "
+                             "transfer_curves_partial.json of an interrupted run), plot, print the JSON")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.plot)
+        return
     setup(args.threads)
     import numpy as np
     import pandas as pd
@@ -167,6 +173,29 @@ def main() -> None:
           "results": summary, "seconds": seconds, "plot": args.plot})
 
 
+def merge(paths: list[str], plot_path: str) -> None:
+    import numpy as np
+
+    summary, seconds, runs = {}, {}, []
+    for path in paths:
+        lines = [line for line in open(path).read().splitlines() if line.startswith("{")]
+        data = json.loads(lines[-1])
+        if data.get("benchmark") == "transfer_curves":  # a finished run's JSON line
+            summary.update(data["results"])
+            runs.append({"from": path, "machine": data["machine"], "setup": data["setup"]})
+        else:  # a partial file: accuracies per seed
+            for ds, methods in data["results"].items():
+                summary[ds] = {m: {n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "seeds": v}
+                                   for n, v in per_n.items()} for m, per_n in methods.items()}
+            runs.append({"from": path, "partial": True})
+        for ds, per in data.get("seconds", {}).items():
+            seconds[ds] = per
+    plot(summary, plot_path)
+    emit({"benchmark": "transfer_curves", "merged_from": runs, "results": summary, "seconds": seconds,
+          "plot": plot_path, "machine": runs[0].get("machine", {}), "setup": next(
+              (r["setup"] for r in runs if "setup" in r), {})})
+
+
 def plot(summary: dict, path: str) -> None:
     import matplotlib
 
@@ -182,6 +211,7 @@ def plot(summary: dict, path: str) -> None:
             stds = [per_n[n]["std"] for n in ns]
             ax.errorbar([int(n) for n in ns], means, yerr=stds, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks([int(n) for n in ns], [str(n) for n in ns])
         ax.set_xlabel("labels per class")
         ax.set_ylabel("test accuracy")

@@ -66,6 +66,9 @@ def fit(
     task_weight: Annotated[Optional[list[str]], Opt(help="Loss weight of a task, as NAME=WEIGHT (repeatable).")] = None,
     skip_bad: Annotated[Optional[bool], Opt("--skip-bad", help="Skip unreadable examples instead of failing.")] = None,
     num_workers: Annotated[Optional[int], Opt(help="DataLoader workers.")] = None,
+    checkpoint_every: Annotated[Optional[int], Opt(help="Also checkpoint every N optimiser steps (always at epoch ends).")] = None,
+    keep_checkpoints: Annotated[Optional[int], Opt(help="Recent checkpoints to keep (each stage's last is kept).")] = None,
+    resume: Annotated[Optional[bool], Opt("--resume", help="Continue from the newest valid checkpoint in --out.")] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Transfer a source model to your data, train, evaluate on the test split next to a baseline."""
@@ -95,7 +98,10 @@ def _fit_and_show(data: Path, source: str, out: Path, options: dict, config: Pat
 
     cfg = FitConfig.from_file(config, **options) if config else FitConfig.from_dict(options)
     run = run_fit(data, source=source, strategy=cfg.strategy, out=out, config=cfg, verbose=not quiet)
-    _show_result(run.metrics, out)
+    from transferkit.engine import is_main_process
+
+    if is_main_process():
+        _show_result(run.metrics, out)
 
 
 def _show_result(metrics: dict, out: Path) -> None:

@@ -62,6 +62,7 @@ class FitConfig:
         skip_bad: Skip unreadable examples (reported) instead of failing.
         checkpoint_every: Save a resumable checkpoint every N optimiser steps (0 = epoch ends only).
         keep_checkpoints: How many checkpoints to keep.
+        resume: Continue from the newest valid checkpoint in the run directory's ``checkpoints/``.
         report_to: Experiment trackers through Accelerate ("tensorboard", "mlflow").
     """
 
@@ -107,6 +108,7 @@ class FitConfig:
     skip_bad: bool = False
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    resume: bool = False
     report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

