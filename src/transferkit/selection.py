@@ -109,7 +109,7 @@ def rank_sources(
     splits = check_splits(splits)
     if not sources:
         raise ConfigError("`sources` is empty; give at least one source id, e.g. ['mobilenet_v2'].")
-    _check_source_ids([s for s in sources if isinstance(s, str)])
+    check_source_ids([s for s in sources if isinstance(s, str)])
 
     loaded, load_seconds = [], []
     for s in sources:
@@ -290,7 +290,7 @@ def select_source(
     """
     from scipy.stats import kendalltau
 
-    from transferkit.pipeline import train_target
+    from transferkit.pipeline import prepare_source, train_target
     from transferkit.scoring import get_scorer
 
     started = time.perf_counter()
@@ -309,8 +309,13 @@ def select_source(
                           "with source ids (see `transferkit sources`).")
     if verbose:
         print(f"Ranking {len(candidates)} candidate sources by {score} on the train split ...")
-    rows = rank_sources(task, candidates, [score], batch_size=cfg.batch_size, cache_dir=cache_dir,
-                        image_size=cfg.image_size, seed=cfg.seed, verbose=verbose)
+    check_source_ids(candidates)
+    prepared = []  # each candidate as `fit` would train it (seeded @random draw, image size, cut_at ...)
+    for source_id in candidates:
+        prepared.append(prepare_source(_load(source_id, cfg.seed), cfg, task))
+        _check_modality(prepared[-1], task)
+    rows = rank_sources(task, prepared, [score], batch_size=cfg.batch_size, cache_dir=cache_dir, verbose=verbose)
+    del prepared
     scored = [r for r in rows if r[score] is not None]
     if not scored:
         raise DataError(f"No candidate could be scored with {score!r}: "
@@ -332,10 +337,8 @@ def select_source(
         results = []
         for source_id in alive:
             t0 = time.perf_counter()
-            torch.manual_seed(cfg.seed)  # as in `fit`: @random candidates are the seeded draw that was ranked
-            from transferkit.sources import load_source
-
-            _, trainer = train_target(task, load_source(source_id), short, verbose=verbose)
+            # as in `fit`: an @random candidate is the seeded draw that was ranked
+            _, trainer = train_target(task, _load(source_id, cfg.seed), short, verbose=verbose)
             acc = float(trainer.stages[-1]["best_val_accuracy"]) if trainer.stages else 0.0
             last_acc[source_id] = acc
             results.append({"source": source_id, "val_accuracy": acc, "seconds": time.perf_counter() - t0})
@@ -402,7 +405,7 @@ def check_splits(splits) -> list[str]:
     return list(dict.fromkeys(splits))
 
 
-def _check_source_ids(ids: list[str]) -> None:
+def check_source_ids(ids: list[str]) -> None:
     """Fails fast on unknown short names and schemes (before any model is loaded)."""
     from transferkit.sources.base import PACKAGED, SCHEMES, _import_all, load_source
 
