@@ -278,10 +278,10 @@ def test_missing_path_and_empty_folder(tmp_path):
         load_task_data(tmp_path)
 
 
-def test_audio_folder_is_recognised_but_not_supported_yet(tmp_path):
+def test_audio_folder_with_a_broken_clip_is_named(tmp_path):
     (tmp_path / "yes").mkdir()
     (tmp_path / "yes" / "a.wav").write_bytes(b"RIFF")
-    with pytest.raises(DataError, match=r"holds audio files, but audio support is not installed yet"):
+    with pytest.raises(DataError, match=r"yes/a\.wav: unreadable or corrupt audio"):
         load_task_data(tmp_path)
 
 

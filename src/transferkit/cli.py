@@ -146,7 +146,7 @@ def demo(
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory written by `transferkit fit`.")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files/folders, or texts / a text table for text runs.")],
+    inputs: Annotated[list[str], typer.Argument(help="Files/folders (images, audio clips, .npy series), or texts / a text table for text runs.")],
     output: Annotated[Path, Opt(help="CSV to write.")] = Path("predictions.csv"),
 ) -> None:
     """Predict labels and class probabilities; writes a CSV."""
@@ -215,7 +215,8 @@ def sources() -> None:
     console = Console()
     console.print(table)
     console.print("Schemes: timm:<name>  torchvision:<name>  hf:<hub id or dir>  st:<id or dir>  "
-                  "file:<model.safetensors> (+ .json naming the architecture)  run:<run dir>.  "
+                  "file:<model.safetensors> (+ .json naming the architecture)  run:<run dir>  "
+                  "seq:<cnn1d|lstm|gru|transformer>[?channels=N] (built-in, for time series).  "
                   "Append @random to any id for the same architecture with random weights.")
 
 

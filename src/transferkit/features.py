@@ -47,7 +47,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,36 +212,46 @@ def _compute(sources: list[SourceModel], examples: list, batch_size: int, device
     """Runs every source over ``examples``; each image is decoded once for all of them.
 
     Returns ``[(features, probabilities or None)]`` as CPU float32 tensors, and the seconds
-    spent per source (transforms + forward, plus an equal share of decoding).
+    spent per source (forward passes and any wait for its inputs, plus an equal share of the
+    wait for decoding).
     """
     pipelines = [input_pipeline(src, train=False) for src in sources]
     shared_decode = all(isinstance(p, ImageInputs) for p in pipelines)
     outputs: list[tuple[list, list]] = [([], []) for _ in sources]
     seconds = [0.0] * len(sources)
     moved = [_to_device(src, device) for src in sources]
+    size = _chunk_size(batch_size)
+    chunks = [examples[i: i + size] for i in range(0, len(examples), size)]
+
+    def prepare(job: tuple[int, list]) -> dict[str, torch.Tensor]:
+        pipe = pipelines[job[0]]
+        return pipe.collate([pipe.load(x) for x in job[1]])
+
     try:
-        chunks = [examples[i: i + _chunk_size(batch_size)] for i in range(0, len(examples), _chunk_size(batch_size))]
-        with ThreadPoolExecutor(max_workers=1) as prefetch:
-            # Decoding of the next chunk overlaps with the forward passes on this one.
-            ahead = prefetch.submit(_decode_chunk, chunks[0]) if chunks and shared_decode else None
-            for c, chunk in enumerate(chunks):
-                if shared_decode:
+        # Two helper threads keep the forward passes fed: one decodes the next chunk of images,
+        # the other runs the next batch's transforms while this batch goes through the model.
+        with ThreadPoolExecutor(max_workers=1) as decoder, ThreadPoolExecutor(max_workers=1) as preparer:
+            ahead = _submit(decoder, _decode_chunk if shared_decode else None, chunks[0]) if chunks else None
+            for c in range(len(chunks)):
+                started = time.perf_counter()
+                decoded = ahead.result()
+                for s in range(len(sources)):
+                    seconds[s] += (time.perf_counter() - started) / len(sources)
+                if c + 1 < len(chunks):
+                    ahead = _submit(decoder, _decode_chunk if shared_decode else None, chunks[c + 1])
+                jobs = [(s, decoded[b: b + batch_size]) for s in range(len(sources))
+                        for b in range(0, len(decoded), batch_size)]
+                pending = preparer.submit(prepare, jobs[0]) if jobs else None
+                for j, (s, _) in enumerate(jobs):
                     started = time.perf_counter()
-                    decoded = ahead.result()
-                    wait = time.perf_counter() - started
-                    ahead = prefetch.submit(_decode_chunk, chunks[c + 1]) if c + 1 < len(chunks) else None
-                    for s in range(len(sources)):
-                        seconds[s] += wait / len(sources)
-                else:
-                    decoded = chunk
-                for s, (src, pipe) in enumerate(zip(sources, pipelines)):
-                    started = time.perf_counter()
-                    for b in range(0, len(decoded), batch_size):
-                        batch = pipe.collate([pipe.load(x) for x in decoded[b: b + batch_size]])
-                        feats = src.backbone(**{k: v.to(device) for k, v in batch.items()}).float()
-                        outputs[s][0].append(feats.cpu())
-                        if src.head is not None:
-                            outputs[s][1].append(torch.softmax(src.head(feats).float(), dim=-1).cpu())
+                    batch = pending.result()
+                    if j + 1 < len(jobs):
+                        pending = preparer.submit(prepare, jobs[j + 1])
+                    src = sources[s]
+                    feats = src.backbone(**{k: v.to(device) for k, v in batch.items()}).float()
+                    outputs[s][0].append(feats.cpu())
+                    if src.head is not None:
+                        outputs[s][1].append(torch.softmax(src.head(feats).float(), dim=-1).cpu())
                     seconds[s] += time.perf_counter() - started
     finally:
         for src, restore in zip(sources, moved):
@@ -254,6 +264,15 @@ def _compute(sources: list[SourceModel], examples: list, batch_size: int, device
             p = torch.cat(probs) if probs else torch.zeros((0, _head_classes(src)))
         results.append((f.contiguous(), None if p is None else p.contiguous()))
     return results, seconds
+
+
+def _submit(pool: ThreadPoolExecutor, fn, arg) -> Future:
+    """``pool.submit(fn, arg)``, or a finished future holding ``arg`` when ``fn`` is None."""
+    if fn is not None:
+        return pool.submit(fn, arg)
+    done: Future = Future()
+    done.set_result(arg)
+    return done
 
 
 def _chunk_size(batch_size: int) -> int:

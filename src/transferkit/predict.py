@@ -11,8 +11,12 @@ from transferkit.errors import DataError
 
 
 def expand_inputs(inputs: list[str], run) -> list:
-    """Image runs: files and folders (searched recursively). Text runs: tables or literal texts."""
-    from transferkit.data import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
+    """Image, audio and sequence runs: files and folders (searched recursively for the run's
+    file types). Text runs: tables or literal texts."""
+    from transferkit.data import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, SEQUENCE_EXTENSIONS, TEXT_EXTENSIONS
+
+    extensions = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "sequence": SEQUENCE_EXTENSIONS}.get(
+        run.modality, IMAGE_EXTENSIONS)
 
     examples: list = []
     for item in inputs:
@@ -23,7 +27,7 @@ def expand_inputs(inputs: list[str], run) -> list:
             else:
                 examples.append(item)
         elif path.is_dir():
-            examples += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+            examples += sorted(p for p in path.rglob("*") if p.suffix.lower() in extensions
                                and not any(part.startswith(".") for part in p.parts))
         elif path.is_file():
             examples.append(path)

