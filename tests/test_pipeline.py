@@ -229,3 +229,13 @@ def test_wise_ft_on_lora_interpolates_merged_weights_exactly():
 def _with(model, state):
     model.backbone.load_state_dict(state)
     return model.backbone
+
+
+def test_source_auto_chooses_among_candidates_and_reports_it(image_folder, tmp_path):
+    candidates = ["timm:test_efficientnet@random", "timm:test_vit@random"]
+    run = fit(image_folder, source="auto", strategy="linear_probe", out=tmp_path / "auto", verbose=False,
+              **{**FAST, "candidates": candidates, "top_k": 2})
+    selection = run.metrics["selection"]
+    assert run.metrics["source"] in candidates and selection["choice"] == run.metrics["source"]
+    assert set(selection["short_run_val_accuracy"]) == set(candidates)
+    assert "kendall_tau" in selection

@@ -30,7 +30,9 @@ Opt = typer.Option
 @app.command()
 def fit(
     data: Annotated[Path, typer.Argument(help="Image folder (one subfolder per class) or text table (csv/jsonl/parquet).")],
-    source: Annotated[str, Opt(help="Source id, e.g. mobilenet_v2, minilm, timm:resnet18, run:DIR.")] = "mobilenet_v2",
+    source: Annotated[str, Opt(help="Source id, e.g. mobilenet_v2, minilm, timm:resnet18, run:DIR, or auto.")] = "mobilenet_v2",
+    candidates: Annotated[Optional[str], Opt(help="With --source auto: comma-separated source ids to choose from.")] = None,
+    top_k: Annotated[Optional[int], Opt(help="With --source auto: candidates confirmed by short fine-tunes.")] = None,
     strategy: Annotated[Optional[str], Opt(help="Transfer strategy (see `transferkit strategies`).")] = None,
     out: Annotated[Path, Opt(help="Run directory to write.")] = Path("runs/latest"),
     config: Annotated[Optional[Path], Opt(help="YAML/JSON file of options; flags override it.")] = None,
@@ -73,7 +75,9 @@ def fit(
 ) -> None:
     """Transfer a source model to your data, train, evaluate on the test split next to a baseline."""
     given = {k: v for k, v in locals().items()
-             if v is not None and k not in ("data", "source", "out", "config", "quiet", "task_weight")}
+             if v is not None and k not in ("data", "source", "out", "config", "quiet", "task_weight", "candidates")}
+    if candidates:
+        given["candidates"] = [c.strip() for c in candidates.split(",") if c.strip()]
     if task_weight:
         given["task_weights"] = _parse_weights(task_weight)
     _fit_and_show(data, source, out, given, config, quiet)

@@ -63,6 +63,9 @@ class FitConfig:
         checkpoint_every: Save a resumable checkpoint every N optimiser steps (0 = epoch ends only).
         keep_checkpoints: How many checkpoints to keep.
         resume: Continue from the newest valid checkpoint in the run directory's ``checkpoints/``.
+        candidates: Sources that ``--source auto`` chooses from (default: every packaged source of
+            the data's modality).
+        top_k: How many top-scored candidates ``--source auto`` confirms with short fine-tunes.
         report_to: Experiment trackers through Accelerate ("tensorboard", "mlflow").
     """
 
@@ -109,10 +112,13 @@ class FitConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     resume: bool = False
+    candidates: list[str] = field(default_factory=list)
+    top_k: int = 3
     report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "probe_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "keep_checkpoints")
+        _positive(self, "epochs", "probe_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "keep_checkpoints",
+                  "top_k")
         _positive_float(self, "lr", "probe_lr", "baseline_lr")
         _in_range(self, "weight_decay", 0.0, 10.0)
         _in_range(self, "warmup_ratio", 0.0, 0.9)

@@ -98,7 +98,8 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
 
     Args:
         data: An image folder, a text table, or a ``TaskData``.
-        source: A source id (``transferkit sources``).
+        source: A source id (``transferkit sources``), or "auto" to choose among
+            ``candidates`` by transferability score and short fine-tunes.
         strategy: A strategy name (``transferkit strategies``).
         out: Run directory to write (model, config, metrics, report); nothing is written if None.
         config: A ``FitConfig``; ``options`` override its fields (``epochs=3``, ``lr=1e-4``, ...).
@@ -114,6 +115,11 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     unknown = sorted(set(cfg.task_weights) - set(task.tasks))
     if unknown:
         raise ConfigError(f"`--task-weight` names unknown task(s) {unknown}; the tasks are {list(task.tasks)}.")
+    selection = None
+    if source == "auto":  # rank the candidates, confirm the best with short fine-tunes
+        from transferkit.selection import select_source
+
+        source, selection = select_source(task, cfg.candidates or None, cfg, top_k=cfg.top_k, verbose=verbose)
     _check_modality(source, source_modality(source), task)  # before paying for the weights
     src = load_source(source)
     _check_modality(source, src.modality, task)
@@ -135,6 +141,8 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
         metrics.update(run_baseline(task, src, cfg, verbose=verbose,
                                     checkpoint_dir=checkpoints / "baseline" if checkpoints else None))
         metrics["transfer_gain"] = metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
+    if selection is not None:
+        metrics["selection"] = selection
     for stage in (s for s in trainer.stages if s["stage"] == "wise_ft"):
         metrics.update({"wise_ft_alpha": stage["alpha"], "wise_ft_curve": stage["curve"]})
     origin = "random" if src.weights == "random init" else ("mixed" if cfg.init_mix else "source")
