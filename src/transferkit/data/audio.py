@@ -36,13 +36,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter, OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from transferkit.data.base import TaskData
-from transferkit.data.checks import ProblemLog, check_classes
+from transferkit.data.checks import ProblemLog, check_classes, check_files
 from transferkit.data.image import _entries, _link_problem, _split_layout
 from transferkit.data.splits import group_by_split, make_splits
 from transferkit.errors import DataError
@@ -259,13 +258,6 @@ def scan_class_folders(root: Path, log: ProblemLog, extensions: frozenset[str], 
     return layout, found, where
 
 
-def _problems(files: list[Path]) -> list[str | None]:
-    if len(files) < 64:
-        return [audio_problem(f) for f in files]
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-        return list(pool.map(audio_problem, files, chunksize=16))
-
-
 def load_audio_folder(
     path: str | os.PathLike,
     *,
@@ -294,7 +286,7 @@ def load_audio_folder(
         raise DataError(f"`path` must be a folder of class subfolders holding audio clips; got {str(path)!r}.")
     log = ProblemLog(str(root), skip_bad=skip_bad)
     layout, found, where = scan_class_folders(root, log, AUDIO_EXTENSIONS, "clip", recognised=KNOWN_AUDIO)
-    reasons = _problems([f for _, _, f in found])
+    reasons = check_files([f for _, _, f in found], audio_problem)
     for (_, _, f), reason in zip(found, reasons):
         if reason:
             log.bad(f.relative_to(root).as_posix(), reason)

@@ -16,9 +16,12 @@ Two kinds of problem:
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from transferkit.errors import DataError
 
@@ -168,3 +171,11 @@ def check_classes(
             log.structural(loc, f"class {c!r} has only 1 usable {unit}; it cannot be split into "
                                 f"train and test (stratified splitting needs at least 2 per class). "
                                 f"Add {unit}s to it or remove it")
+
+
+def check_files(files: list[Path], problem: Callable[[Path], str | None]) -> list[str | None]:
+    """``problem(f)`` for every file, in a few threads above 64 files (decoders release the GIL)."""
+    if len(files) < 64:
+        return [problem(f) for f in files]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
+        return list(pool.map(problem, files, chunksize=16))

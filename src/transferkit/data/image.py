@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from transferkit.data.base import TaskData
-from transferkit.data.checks import ProblemLog, check_classes
+from transferkit.data.checks import ProblemLog, check_classes, check_files
 from transferkit.data.splits import group_by_split, make_splits
 from transferkit.errors import DataError
 
@@ -197,14 +196,6 @@ def _split_layout(root: Path, log: ProblemLog) -> dict[str, Path]:
     return layout
 
 
-def _decode_all(files: list[Path]) -> list[str | None]:
-    """``image_problem`` for every file, decoded in a few threads (Pillow releases the GIL)."""
-    if len(files) < 64:
-        return [image_problem(f) for f in files]
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-        return list(pool.map(image_problem, files, chunksize=16))
-
-
 def load_image_folder(
     path: str | os.PathLike,
     *,
@@ -247,7 +238,7 @@ def load_image_folder(
                                "add images or remove the folder")
             found += [(split, class_dir.name, f) for f in files]
 
-    reasons = _decode_all([f for _, _, f in found])
+    reasons = check_files([f for _, _, f in found], image_problem)
     for (_, _, f), reason in zip(found, reasons):
         if reason:
             log.bad(scan.rel(f), reason)
