@@ -166,7 +166,7 @@ def _ranked(rows: list[dict], primary: str) -> list[dict]:
     order = sorted(range(len(rows)), key=lambda i: (rows[i][primary] is None, -(rows[i][primary] or 0.0), i))
     ranked = [rows[i] for i in order]
     for r, row in enumerate(ranked, 1):
-        row["rank"] = r
+        row["rank"], row["ranked_by"] = r, primary
     return ranked
 
 
@@ -181,10 +181,12 @@ def default_candidates(modality: str) -> list[str]:
 
 
 def score_names(rows: list[dict]) -> list[str]:
-    """The score columns of ranking rows, in the order they were asked for."""
+    """The score columns of ranking rows: the ranking score first, then as asked for."""
     from transferkit.scoring import SCORERS
 
-    return list(dict.fromkeys(k for row in rows for k in row if k in SCORERS))
+    names = list(dict.fromkeys(k for row in rows for k in row if k in SCORERS))
+    primary = next((row["ranked_by"] for row in rows if row.get("ranked_by") in names), None)
+    return [primary, *(n for n in names if n != primary)] if primary else names
 
 
 def markdown_table(rows: list[dict], scores: Sequence[str] | None = None) -> str:
@@ -231,12 +233,20 @@ def plot_ranking(rows: list[dict], path: str | os.PathLike, *, title: str | None
     for k, (ax, score) in enumerate(zip(axes, scores)):
         values = [r.get(score) for r in rows][::-1]
         colours = ["#9e9e9e" if r.get("random_control") else "#1f77b4" for r in rows][::-1]
-        ax.barh(range(len(names)), [v if v is not None else 0.0 for v in values], color=colours)
+        shown = [v for v in values if v is not None] or [0.0]
+        lo, hi = min(shown), max(shown)
+        span = (hi - lo) or abs(hi) or 1.0
+        # all-negative scores (LEEP, NCE): bars start just left of the worst so differences show
+        base = lo - 0.2 * span if hi < 0 else 0.0
+        ax.barh(range(len(names)), [(v if v is not None else base) - base for v in values], left=base, color=colours)
         for y, v in enumerate(values):
-            ax.text(0, y, " n/a" if v is None else f" {v:.3g}", va="center", fontsize=7)
+            ax.text(base, y, " n/a" if v is None else f" {v:.4g}", va="center", fontsize=7)
+        if hi < 0:
+            ax.set_xlim(base, hi + 0.1 * span)
         ax.set_yticks(range(len(names)), names if k == 0 else [""] * len(names), fontsize=8)
         ax.set_title(f"{score} (higher is better)" if score != "seconds" else score, fontsize=9)
-        ax.axvline(0, color="black", linewidth=0.6)
+        if base == 0.0:
+            ax.axvline(0, color="black", linewidth=0.6)
     if any(r.get("random_control") for r in rows):
         from matplotlib.patches import Patch
 
