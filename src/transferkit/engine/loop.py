@@ -134,7 +134,7 @@ class Trainer:
         set_seed(config.seed)
         train_pipe = input_pipeline(source, train=True, augment=config.augment)
         eval_pipe = input_pipeline(source, train=False)
-        train_labels, val_labels = _labels(task, "train"), _labels(task, "val")
+        train_labels, val_labels = task.labels_of("train"), task.labels_of("val")
         self.train_set = ExampleDataset(task.train.examples, train_labels, train_pipe)
         self.train_eval_set = ExampleDataset(task.train.examples, train_labels, eval_pipe)
         self.val_set = ExampleDataset(task.val.examples, val_labels, eval_pipe)
@@ -553,12 +553,6 @@ def _warmup_cosine(step: int, *, warmup: int, total: int) -> float:
         return step / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def _labels(task: TaskData, split: str) -> dict[str, np.ndarray]:
-    if hasattr(task, "labels_of"):
-        return task.labels_of(split)
-    return {DEFAULT_TASK: task.splits()[split].labels}
 
 
 def _labels_hash(*label_sets: dict[str, np.ndarray]) -> str:

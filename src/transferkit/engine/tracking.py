@@ -83,7 +83,7 @@ class RunTracking:
     def _make(self, name: str):
         from accelerate.tracking import TensorBoardTracker
 
-        assert self.run_dir is not None
+        # __init__ has already refused trackers without a run directory
         if name == "tensorboard":
             return TensorBoardTracker("tensorboard", str(self.run_dir))
         return _mlflow_tracker(self.run_dir, self.run_name)
