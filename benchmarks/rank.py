@@ -187,8 +187,6 @@ def scorer_cost(args) -> dict:
 
 
 def agreement(args, root: Path) -> dict:
-    from scipy.stats import kendalltau
-
     from transferkit.config import FitConfig
     from transferkit.evaluation.metrics import classification_metrics
     from transferkit.pipeline import predict_proba, train_target
@@ -292,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=None, help="Timing rounds (default 5; quick 3).")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-    p.add_argument("--workdir", type=Path, default=None, help="Where the digits folder and cache go (default: a temp dir).")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="Where the digits folder and cache go (default: a temp dir).")
     args = p.parse_args(argv)
     args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     args.per_class = args.per_class or (12 if args.quick else 40)
@@ -318,13 +317,14 @@ def main(argv: list[str] | None = None) -> dict:
             print("Agreement: scores vs short full fine-tunes", flush=True)
             results["agreement"] = agreement(args, root)
         else:
-            print(f"Speed: {', '.join(args.sources)} on {args.per_class * 10} digits, batch {args.batch_size}", flush=True)
+            print(f"Speed: {', '.join(args.sources)} on {args.per_class * 10} digits, batch {args.batch_size}",
+                  flush=True)
             results["speed"] = speed(args, root)
             s = results["speed"]
             print(f"rank_time / floor = {s['rank_over_floor']:.3f} wall, {s['rank_over_floor_cpu']:.3f} CPU "
                   f"(target <= 1.10); cached / floor = {s['cached_over_floor']:.3f} wall, "
                   f"{s['cached_over_floor_cpu']:.3f} CPU (target <= 0.10)", flush=True)
-            print(f"Scorer cost (seconds per fit, 10 classes, synthetic features)", flush=True)
+            print("Scorer cost (seconds per fit, 10 classes, synthetic features)", flush=True)
             results["scorers"] = scorer_cost(args)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     print(json.dumps(results, default=float))

@@ -108,8 +108,9 @@ def test_random_controls_rank_below_pretrained(tmp_path):
 
     faces = tmp_path / "faces"
     for i, im in enumerate(skimage_data.lfw_subset()[::2]):  # 50 faces, 50 non-faces
-        (faces / ("face" if i < 50 else "other")).mkdir(parents=True, exist_ok=True)
-        Image.fromarray((im * 255).round().astype(np.uint8), "L").save(faces / ("face" if i < 50 else "other") / f"{i}.png")
+        folder = faces / ("face" if i < 50 else "other")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((im * 255).round().astype(np.uint8), "L").save(folder / f"{i}.png")
     rows = rank_sources(load_task_data(faces), pair, ["logme", "leep"], cache_dir=tmp_path / "c")
     assert [r["source"] for r in rows] == ["mobilenet_v2", "mobilenet_v2@random"], rows
     assert rows[0]["leep"] > rows[1]["leep"]
@@ -162,7 +163,10 @@ def test_successive_halving_schedule_and_tau(task, monkeypatch):
     monkeypatch.setattr(pipeline, "prepare_source", lambda src, cfg, task: src)
     monkeypatch.setattr("transferkit.sources.load_source", lambda i: type("S", (), {"id": i, "modality": "image"})())
     cfg = FitConfig(epochs=8, probe_epochs=40)
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
     winner, report = select_source(task, ids, cfg, top_k=5, short_epochs=1, verbose=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # `fit` loads the winner with the caller's seeded RNG
     assert [(r["epochs"], r["probe_epochs"], len(r["results"])) for r in report["rounds"]] == \
         [(1, 5, 5), (2, 10, 3), (4, 20, 2)]
     assert report["rounds"][0]["kept"] == [ids[1], ids[3], ids[2]]  # ties go to the higher score
