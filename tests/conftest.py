@@ -60,3 +60,12 @@ def tiny_bert_dir(tmp_path_factory):
                         intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (tiny models run faster than with two on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

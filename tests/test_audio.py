@@ -28,12 +28,7 @@ from transferkit.surgery.freezing import freeze_matching, set_trainable
 FAST = {"epochs": 2, "probe_epochs": 8, "batch_size": 8, "baseline": False, "lr": 1e-3, "probe_lr": 1e-2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ ARCHS = ["seq:cnn1d?width=16&layers=2", "seq:lstm?width=16", "seq:gru?width=16&l
          "seq:transformer?width=16&heads=2&layers=1&patch=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def waves(n: int, seed: int, channels: int = 1, lengths=(24, 40)) -> tuple[list[np.ndarray], list[str]]:

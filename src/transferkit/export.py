@@ -202,13 +202,7 @@ def _export_hf(run, out: Path) -> ExportResult:
     model.eval()
     with _hf_quiet():
         model.save_pretrained(out)
-    tokenizer = run.source.tokenizer
-    saved_max = tokenizer.model_max_length
-    try:
-        tokenizer.model_max_length = run.source.preprocessing.max_length or saved_max
-        tokenizer.save_pretrained(out)
-    finally:
-        tokenizer.model_max_length = saved_max
+    _save_tokenizer(run, out)
     if model.config.model_type == "xlm":  # XLM reads token_type_ids as word ids: the tokenizer must not send them
         config_path = out / "tokenizer_config.json"
         tok_config = json.loads(config_path.read_text())
@@ -526,13 +520,7 @@ def _export_onnx(run, out: Path) -> ExportResult:
     if len(tasks) > 1:
         notes.append(f"One output per task head: {', '.join(outputs)} (classes per task in labels.json).")
     if run.modality == "text":  # the directory is self-contained: AutoTokenizer.from_pretrained(out)
-        tokenizer = run.source.tokenizer
-        saved = tokenizer.model_max_length
-        try:
-            tokenizer.model_max_length = run.source.preprocessing.max_length or saved
-            tokenizer.save_pretrained(out)
-        finally:
-            tokenizer.model_max_length = saved
+        _save_tokenizer(run, out)
     return ExportResult("onnx", out, [], "ONNX (onnxruntime)", diff, notes)
 
 
@@ -741,3 +729,14 @@ def _interval(accuracy, n: int) -> str:
 
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _save_tokenizer(run, out: Path) -> None:
+    """Saves the run's tokenizer with the run's token limit as its ``model_max_length``."""
+    tokenizer = run.source.tokenizer
+    saved = tokenizer.model_max_length
+    try:
+        tokenizer.model_max_length = run.source.preprocessing.max_length or saved
+        tokenizer.save_pretrained(out)
+    finally:
+        tokenizer.model_max_length = saved
