@@ -18,12 +18,14 @@ from transferkit.data.synthetic import digit_image, write_image_folder
 from transferkit.engine import distributed
 from transferkit.features import (
     CACHE_ENV,
+    estimate_batchnorm_statistics,
     examples_fingerprint,
     extract_features,
     source_features,
     with_image_size,
 )
 from transferkit.sources import input_pipeline, load_source
+from transferkit.sources.base import batchnorm_layers
 from transferkit.sources.inputs import ExampleDataset
 
 TINY = "timm:test_efficientnet@random"
@@ -37,8 +39,12 @@ def files(tmp_path):
 
 
 def tiny(source_id: str = TINY, size: int = 32):
+    """A tiny random-init source standing in for a pretrained one: its BatchNorm statistics stay
+    as they are (the estimate from target examples has its own tests below)."""
     torch.manual_seed(0)
-    return with_image_size(load_source(source_id), size)
+    src = with_image_size(load_source(source_id), size)
+    src.placeholder_statistics = False
+    return src
 
 
 def count_forwards(src) -> list[int]:
@@ -141,6 +147,78 @@ def test_head_and_headless_sources_have_separate_entries(files, tmp_path):
     assert b.probabilities is None and not b.cached and b.key != a.key
     np.testing.assert_array_equal(a.features, b.features)
     assert source_features([headless], files, cache_dir=tmp_path / "c")[0].cached
+
+
+def random_tiny():
+    """The tiny source as ``@random`` gives it: BatchNorm statistics still placeholders."""
+    torch.manual_seed(0)
+    return with_image_size(load_source(TINY), 32)
+
+
+def test_random_init_batchnorm_statistics_come_from_the_examples(files):
+    src = random_tiny()
+    assert src.placeholder_statistics and src.statistics_fingerprint is None
+    bns = batchnorm_layers(src.backbone)
+    assert bns and all(bool((bn.running_mean == 0).all() and (bn.running_var == 1).all()) for bn in bns)
+    params = {k: v.clone() for k, v in src.backbone.named_parameters()}
+    seen = []  # what the first BatchNorm layer receives, over all the examples at once
+    hook = bns[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    dataset = ExampleDataset(files, None, input_pipeline(src))
+    inputs, _ = dataset.collate([dataset[i] for i in range(len(files))])
+    with torch.no_grad():
+        src.backbone.eval()(**inputs)
+    hook.remove()
+
+    estimate_batchnorm_statistics(src, files, batch_size=len(files))  # one batch: exact statistics
+    assert not src.placeholder_statistics and src.statistics_fingerprint == examples_fingerprint(files)
+    x = seen[0].transpose(0, 1).flatten(1)  # channels x (examples * positions)
+    torch.testing.assert_close(bns[0].running_mean, x.mean(1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bns[0].running_var, x.var(1), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(params[k], v) for k, v in src.backbone.named_parameters())  # weights untouched
+    assert not src.backbone.training  # the caller's mode comes back
+
+    stats = {k: v.clone() for k, v in src.backbone.state_dict().items()}
+    estimate_batchnorm_statistics(src, files[:3])  # estimated once; later calls change nothing
+    assert all(torch.equal(stats[k], v) for k, v in src.backbone.state_dict().items())
+
+
+def test_only_random_init_sources_with_batchnorm_get_statistics(files):
+    torch.manual_seed(0)
+    no_batchnorm = load_source(OTHER)  # a ViT: LayerNorm keeps no running statistics
+    assert not batchnorm_layers(no_batchnorm.backbone) and not no_batchnorm.placeholder_statistics
+    state = {k: v.clone() for k, v in no_batchnorm.backbone.state_dict().items()}
+    estimate_batchnorm_statistics(no_batchnorm, files)
+    assert all(torch.equal(state[k], v) for k, v in no_batchnorm.backbone.state_dict().items())
+
+
+def test_placeholder_statistics_make_features_vanish():
+    """Why random copies get statistics: in eval mode, torchvision's randomly initialised MobileNetV2
+    shrinks the signal to ~1e-10 (a linear probe stays at chance on that; LogME, blind to scale, does not)."""
+    images = [digit_image(i, 64, digit=i % 10) for i in range(16)]
+    torch.manual_seed(0)
+    src = with_image_size(load_source("mobilenet_v2@random"), 64)
+    dataset = ExampleDataset(images, None, input_pipeline(src))
+    placeholder = extract_features(src.backbone, dataset)
+    estimate_batchnorm_statistics(src, images, batch_size=8)
+    estimated = extract_features(src.backbone, dataset)
+    assert placeholder.abs().max() < 1e-6
+    assert 1e-2 < estimated.abs().mean() < 10 and estimated.std(0).mean() > 1e-3
+
+
+def test_cached_random_source_skips_the_statistics_and_reuses_the_entry(files, tmp_path):
+    src = random_tiny()
+    first = source_features([src], files, batch_size=5, cache_dir=tmp_path / "c")[0]
+    assert not first.cached and not src.placeholder_statistics  # estimated on `files`, then extracted
+    again_src = random_tiny()  # the same draw, statistics not yet estimated
+    calls = count_forwards(again_src)
+    again = source_features([again_src], files, batch_size=5, cache_dir=tmp_path / "c")[0]
+    assert again.cached and again.key == first.key and calls[0] == 0 and again_src.placeholder_statistics
+    assert np.array_equal(again.features, first.features)
+    also = source_features([src], files, batch_size=5, cache_dir=tmp_path / "c")[0]  # after the estimate
+    assert also.cached and also.key == first.key
+    other = source_features([random_tiny()], files, cache_dir=tmp_path / "c", statistics_from=files[:6])[0]
+    assert not other.cached and other.key != first.key  # other statistics, other features
+    assert not np.allclose(other.features, first.features)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_rows", "wrong_dtype", "wrong_key"])

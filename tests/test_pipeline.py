@@ -36,6 +36,21 @@ def test_fit_writes_a_complete_run_directory(image_folder, tmp_path):
     assert "Transfer" in (out / "report.md").read_text()
 
 
+def test_random_init_source_gets_batchnorm_statistics_from_the_train_split(image_folder):
+    from transferkit.config import FitConfig
+    from transferkit.data import load_task_data
+    from transferkit.features import examples_fingerprint
+    from transferkit.pipeline import prepare_source
+    from transferkit.sources import load_source
+    from transferkit.sources.base import batchnorm_layers
+
+    task = load_task_data(image_folder)
+    torch.manual_seed(0)
+    src = prepare_source(load_source(TINY_IMAGE_SOURCE), FitConfig(image_size=32), task)
+    assert not src.placeholder_statistics and src.statistics_fingerprint == examples_fingerprint(task.train.examples)
+    assert all(not bool((bn.running_var == 1).all()) for bn in batchnorm_layers(src.backbone))
+
+
 def test_reloaded_run_predicts_identically(image_folder, tmp_path):
     out = tmp_path / "run"
     run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=out, verbose=False, **FAST)

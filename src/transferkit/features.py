@@ -18,6 +18,9 @@ key is a hash of
 
 - the source id and a hash of every backbone and head tensor (``SourceModel.weights_hash``),
   so retrained or re-downloaded weights, and each ``@random`` draw, get their own entry;
+- for a random-init source with BatchNorm, the fingerprint of the examples that estimate its
+  statistics (:func:`estimate_batchnorm_statistics`) in place of the statistics themselves,
+  so a cached entry is found without estimating them again;
 - the preprocessing (``Preprocessing.to_dict``: image size, crop, mean/std, token limit ...);
 - a fingerprint of the examples in order (path, size and modification time of each file;
   the content of texts and arrays), so an edited, added, removed or reordered file gives a
@@ -41,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -63,6 +67,8 @@ CACHE_FORMAT = "1"
 CACHE_ENV = "TRANSFERKIT_CACHE"
 #: Examples decoded at a time when feeding several sources (bounds memory for large images).
 DECODE_CHUNK = 512
+#: At most this many target examples estimate a random-init source's BatchNorm statistics.
+STATISTICS_EXAMPLES = 1024
 
 
 @torch.inference_mode()
@@ -99,7 +105,7 @@ class SourceFeatures:
         key: The cache key.
         cached: True when read from the cache.
         seconds: Time spent on this source: cache key and read, or decoding (its share),
-            transforms and forward passes.
+            transforms and forward passes (and estimating a random-init source's statistics).
         path: The cache file (None when caching is off).
     """
 
@@ -129,12 +135,18 @@ def examples_fingerprint(examples: Sequence) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(source: SourceModel, fingerprint: str, weights_hash: str | None = None) -> str:
-    """The cache key of ``source``'s outputs on examples with ``fingerprint``."""
+def cache_key(source: SourceModel, fingerprint: str, statistics_fingerprint: str | None = None) -> str:
+    """The cache key of ``source``'s outputs on examples with ``fingerprint``.
+
+    ``statistics_fingerprint`` is the fingerprint of the examples that estimate (or estimated) the
+    source's BatchNorm statistics, for a random-init source; the key then hashes the weights
+    without those statistics, so it is the same before and after they are estimated.
+    """
     parts = {
         "format": CACHE_FORMAT,
         "source": source.id,
-        "weights": weights_hash or source.weights_hash(),
+        "weights": source.weights_hash(skip_batchnorm_statistics=statistics_fingerprint is not None),
+        "batchnorm_statistics_from": statistics_fingerprint,
         "preprocessing": source.preprocessing.to_dict(),
         "head": source.head is not None,
         "examples": fingerprint,
@@ -151,6 +163,7 @@ def source_features(
     use_cache: bool = True,
     fingerprint: str | None = None,
     device: torch.device | str | None = None,
+    statistics_from: Sequence | None = None,
 ) -> list[SourceFeatures]:
     """Features (and head probabilities) of each source on the same raw examples, cached.
 
@@ -162,6 +175,9 @@ def source_features(
         use_cache: Read and write the cache; False always recomputes and writes nothing.
         fingerprint: Fingerprint of ``examples`` if already known (default: computed).
         device: Where the forward passes run (default: CUDA when present, else CPU).
+        statistics_from: Examples that estimate the BatchNorm statistics of random-init sources
+            (see :func:`estimate_batchnorm_statistics`; default: ``examples``). Only a source
+            whose features are not cached pays for the estimate.
 
     Returns:
         One :class:`SourceFeatures` per source, in order.
@@ -177,9 +193,13 @@ def source_features(
     fingerprint = fingerprint or (examples_fingerprint(examples) if use_cache else "")
     results: list[SourceFeatures | None] = []
     pending: list[tuple[int, SourceModel, str, Path | None, float]] = []
+    statistics_from = examples if statistics_from is None else list(statistics_from)
+    needs_statistics = [src.placeholder_statistics for src in sources]
+    estimate_from = (examples_fingerprint(statistics_subset(statistics_from)) if any(needs_statistics) else None)
     for i, src in enumerate(sources):
         started = time.perf_counter()
-        key = cache_key(src, fingerprint) if use_cache else ""
+        stats = estimate_from if needs_statistics[i] else src.statistics_fingerprint
+        key = cache_key(src, fingerprint, stats) if use_cache else ""
         path = root / _slug(src.id) / f"{key}.safetensors" if use_cache else None
         hit = _read_entry(path, key, src, len(examples)) if use_cache else None
         results.append(None if hit is None else SourceFeatures(
@@ -193,18 +213,79 @@ def source_features(
 
     start, stop = distributed.shard_bounds(len(examples))
     device = torch.device(device) if device is not None else distributed.device()
+    for n, (i, src, key, path, seconds_so_far) in enumerate(pending):
+        started = time.perf_counter()
+        estimate_batchnorm_statistics(src, statistics_from, batch_size, device)
+        pending[n] = (i, src, key, path, seconds_so_far + time.perf_counter() - started)
     computed, seconds = _compute([src for _, src, *_ in pending], examples[start:stop], batch_size, device)
-    for (i, src, key, path, key_seconds), (feats, probs), secs in zip(pending, computed, seconds):
+    for (i, src, key, path, seconds_so_far), (feats, probs), secs in zip(pending, computed, seconds):
         feats = distributed.gather_rows(feats, len(examples)).numpy()
         probs = distributed.gather_rows(probs, len(examples)).numpy() if probs is not None else None
         if use_cache and distributed.is_main_process():
             _write_entry(path, key, src, feats, probs)
-        results[i] = SourceFeatures(src.id, feats, probs, key, False, key_seconds + secs, path)
+        results[i] = SourceFeatures(src.id, feats, probs, key, False, seconds_so_far + secs, path)
     distributed.wait_for_everyone()
     return results  # type: ignore[return-value]
 
 
 # -- computing ---------------------------------------------------------------------------------
+
+
+def statistics_subset(examples: Sequence) -> list:
+    """At most ``STATISTICS_EXAMPLES`` examples, evenly spaced (class folders are often in order)."""
+    examples = list(examples)
+    step = math.ceil(len(examples) / STATISTICS_EXAMPLES) if examples else 1
+    return examples[::step]
+
+
+class _DictInputs(nn.Module):
+    """Calls ``backbone(**inputs)`` on one batch dict, moved to ``device``."""
+
+    def __init__(self, backbone: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.backbone, self.device = backbone, device
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backbone(**{k: v.to(self.device) for k, v in inputs.items()})
+
+
+def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_size: int = 64,
+                                  device: torch.device | str | None = None) -> None:
+    """Replaces the placeholder BatchNorm statistics of a random-init source with the target's.
+
+    Initialisation leaves every BatchNorm layer with running mean 0 and variance 1, statistics
+    no trained network has: in eval mode the layers become identities and the signal drifts by
+    orders of magnitude with depth (torchvision's MobileNetV2 ends with features near 1e-10,
+    on which a linear probe stays at chance while LogME, blind to scale, scores them first).
+    A random network at the first step of training normalises with the statistics of its
+    inputs instead, and that is the network a ``@random`` control stands for. So the
+    statistics become the mean and variance of each layer's inputs over (at most
+    ``STATISTICS_EXAMPLES``, evenly spaced) target ``examples``, in the source's evaluation
+    preprocessing, as ``torch.optim.swa_utils.update_bn`` computes them. Labels are not read
+    and no weight changes. A no-op unless ``src.placeholder_statistics``.
+    """
+    if not src.placeholder_statistics:
+        return
+    from torch.optim.swa_utils import update_bn
+
+    from transferkit.engine import distributed
+    from transferkit.errors import DataError
+
+    subset = statistics_subset(examples)
+    if not subset:
+        raise DataError(f"Source {src.id!r} has random weights and BatchNorm layers, whose statistics come from "
+                        "target examples, but `examples` is empty; give at least one example.")
+    dataset = ExampleDataset(subset, None, input_pipeline(src, train=False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate,
+                                         drop_last=len(subset) > batch_size)  # no batch of one
+    device = torch.device(device) if device is not None else distributed.device()
+    restore = _to_device(src, device)
+    try:
+        update_bn(loader, _DictInputs(src.backbone, device))
+    finally:
+        restore()
+    src.placeholder_statistics = False
+    src.statistics_fingerprint = examples_fingerprint(subset)
 
 
 @torch.inference_mode()

@@ -25,8 +25,9 @@ from transferkit.data import TaskData, load_task_data
 from transferkit.engine import is_main_process
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.metrics import classification_metrics
+from transferkit.features import estimate_batchnorm_statistics
 from transferkit.sources import SourceModel, build_from_spec, input_pipeline, load_source, source_modality
-from transferkit.sources.base import Preprocessing
+from transferkit.sources.base import Preprocessing, mark_random_init
 from transferkit.sources.inputs import ExampleDataset
 from transferkit.strategies import get_strategy
 from transferkit.surgery import DEFAULT_TASK, TargetModel, build_target_model, summarize_transfer_map, transfer_map
@@ -192,12 +193,14 @@ def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
 
 
 def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceModel:
-    """Applies the options that change the source itself: input size, tokens, pooling, ``cut_at``.
+    """Applies the options that change the source itself: input size, tokens, pooling, ``cut_at``;
+    a random-init source gets BatchNorm statistics from the train split.
 
     Idempotent, so ``fit`` and ``train_target`` can both call it.
     """
     if cfg.image_size and src.modality == "image":
         src.preprocessing.image_size = cfg.image_size
+    estimate_batchnorm_statistics(src, task.train.examples, cfg.batch_size)
     if cfg.max_length and src.modality == "text":
         src.preprocessing.max_length = cfg.max_length
     if cfg.pooling and src.modality == "text" and "pooling" in src.spec:
@@ -257,6 +260,7 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
             src.save_spec(Path(spec_dir))  # specs that need files (transformers configs) read them here
             torch.manual_seed(cfg.seed)
             scratch = build_from_spec(src.spec, Path(spec_dir))
+        mark_random_init(scratch)  # train_target estimates its BatchNorm statistics, as for any @random source
         scratch.preprocessing = dataclasses.replace(src.preprocessing)
         base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, freeze=[], init_mix=0.0,
                                        wise_ft=False, reinit=[], report_to=[])

@@ -24,9 +24,9 @@ examples, steadier scores, at the price of that independence); each split is cac
 own, so switching costs only the new split's forward passes.
 
 Default score: LogME; see ``DEFAULT_SCORE`` and the "## rank" section of docs/BENCHMARKS.md
-for the measurements behind the choice. For negative controls (``transferkit rank --controls``)
-also ask for ``leep``: on those measurements it was the score that ranked every ``@random``
-copy below every pretrained source, on both targets.
+for the measurements behind the choice. Negative controls (``transferkit rank --controls``)
+are ``@random`` copies, whose BatchNorm statistics come from the train split
+(``features.estimate_batchnorm_statistics``): the random network as training would start it.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ from transferkit.sources.base import RANDOM_SUFFIX, SourceModel
 #: best pretrained source out of the top 3 (LEEP and NCE did, by 17-26 points on digits), was
 #: as good as any score at the top-1 pick except the costlier cross-validated ``linear``, needs
 #: no source head (LEEP/NCE score nothing for headless sources), has nothing to tune and scores
-#: 10,000 x 1280 features in under 2 s. It is no oracle: on digits it ranked random-init
-#: networks above pretrained ones (their frozen features really are more linearly separable
-#: there), which is why short fine-tunes make the choice.
+#: 10,000 x 1280 features in under 2 s, and it ranked every ``@random`` copy last on both
+#: targets. It is no oracle: on faces its first pick was 7.5-15 points below the best
+#: pretrained source, which is why short fine-tunes make the choice.
 DEFAULT_SCORE = "logme"
 SCORABLE_SPLITS = ("train", "val")
 
@@ -125,7 +125,8 @@ def rank_sources(
         load_seconds.append(time.perf_counter() - started)
 
     parts = [source_features(loaded, task.splits()[name].examples, batch_size=batch_size, cache_dir=cache_dir,
-                             use_cache=use_cache, device=device) for name in splits]
+                             use_cache=use_cache, device=device, statistics_from=task.train.examples)
+             for name in splits]
     labels = np.concatenate([task.splits()[name].labels for name in splits])
     rows = []
     for i, src in enumerate(loaded):

@@ -98,14 +98,27 @@ class SourceModel:
     weights: str = ""
     license: str = ""
     write_files: Callable[[Path], None] | None = None
+    #: True while the BatchNorm layers of a random-init source hold the placeholder statistics
+    #: (mean 0, variance 1) that initialisation leaves; ``features.estimate_batchnorm_statistics``
+    #: replaces them with statistics of target examples.
+    placeholder_statistics: bool = False
+    #: Fingerprint of the examples that estimated those statistics, once they have been.
+    statistics_fingerprint: str | None = None
 
-    def weights_hash(self) -> str:
-        """A short hash of every backbone and head tensor (for cache keys)."""
+    def weights_hash(self, skip_batchnorm_statistics: bool = False) -> str:
+        """A short hash of every backbone and head tensor (for cache keys).
+
+        ``skip_batchnorm_statistics`` leaves out BatchNorm running statistics, for sources whose
+        statistics are estimated from target data (the cache key names that data instead).
+        """
         h = hashlib.sha256()
         for module in (self.backbone, self.head):
             if module is None:
                 continue
+            skipped = batchnorm_statistic_names(module) if skip_batchnorm_statistics else set()
             for name, t in sorted(module.state_dict().items()):
+                if name in skipped:
+                    continue
                 h.update(name.encode())
                 h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
@@ -119,6 +132,18 @@ class SourceModel:
         if self.write_files is not None:
             self.write_files(directory)
         return self.spec
+
+
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers (any dimension, synchronised or not) inside ``module``."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def batchnorm_statistic_names(module: nn.Module) -> set[str]:
+    """``state_dict`` names of the running statistics of every BatchNorm layer in ``module``."""
+    return {f"{prefix}.{buffer}" if prefix else buffer
+            for prefix, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buffer in ("running_mean", "running_var", "num_batches_tracked")}
 
 
 # --- registries ----------------------------------------------------------------------------
@@ -165,7 +190,15 @@ def load_source(source_id: str) -> SourceModel:
             "See", "Hub models need a scheme, e.g. 'timm:resnet18' or 'hf:bert-base-uncased'. See"
         ))
     source.id = source_id.strip()
+    if source.weights == "random init":
+        mark_random_init(source)
     return source
+
+
+def mark_random_init(source: SourceModel) -> None:
+    """Records that ``source`` was just built with random weights: any BatchNorm layers hold
+    placeholder statistics until ``features.estimate_batchnorm_statistics`` replaces them."""
+    source.placeholder_statistics = bool(batchnorm_layers(source.backbone))
 
 
 def source_modality(source_id: str) -> str | None:
