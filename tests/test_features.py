@@ -43,7 +43,7 @@ def tiny(source_id: str = TINY, size: int = 32):
     as they are (the estimate from target examples has its own tests below)."""
     torch.manual_seed(0)
     src = with_image_size(load_source(source_id), size)
-    src.placeholder_statistics = False
+    src.stale_statistics = False
     return src
 
 
@@ -157,7 +157,7 @@ def random_tiny():
 
 def test_random_init_batchnorm_statistics_come_from_the_examples(files):
     src = random_tiny()
-    assert src.placeholder_statistics and src.statistics_fingerprint is None
+    assert src.stale_statistics and src.statistics_fingerprint is None
     bns = batchnorm_layers(src.backbone)
     assert bns and all(bool((bn.running_mean == 0).all() and (bn.running_var == 1).all()) for bn in bns)
     params = {k: v.clone() for k, v in src.backbone.named_parameters()}
@@ -170,7 +170,7 @@ def test_random_init_batchnorm_statistics_come_from_the_examples(files):
     hook.remove()
 
     estimate_batchnorm_statistics(src, files, batch_size=len(files))  # one batch: exact statistics
-    assert not src.placeholder_statistics and src.statistics_fingerprint == examples_fingerprint(files)
+    assert not src.stale_statistics and src.statistics_fingerprint == examples_fingerprint(files)
     x = seen[0].transpose(0, 1).flatten(1)  # channels x (examples * positions)
     torch.testing.assert_close(bns[0].running_mean, x.mean(1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bns[0].running_var, x.var(1), rtol=1e-4, atol=1e-5)
@@ -185,13 +185,13 @@ def test_random_init_batchnorm_statistics_come_from_the_examples(files):
 def test_only_random_init_sources_with_batchnorm_get_statistics(files):
     torch.manual_seed(0)
     no_batchnorm = load_source(OTHER)  # a ViT: LayerNorm keeps no running statistics
-    assert not batchnorm_layers(no_batchnorm.backbone) and not no_batchnorm.placeholder_statistics
+    assert not batchnorm_layers(no_batchnorm.backbone) and not no_batchnorm.stale_statistics
     state = {k: v.clone() for k, v in no_batchnorm.backbone.state_dict().items()}
     estimate_batchnorm_statistics(no_batchnorm, files)
     assert all(torch.equal(state[k], v) for k, v in no_batchnorm.backbone.state_dict().items())
 
 
-def test_placeholder_statistics_make_features_vanish():
+def test_stale_statistics_make_features_vanish():
     """Why random copies get statistics: in eval mode, torchvision's randomly initialised MobileNetV2
     shrinks the signal to ~1e-10 (a linear probe stays at chance on that; LogME, blind to scale, does not)."""
     images = [digit_image(i, 64, digit=i % 10) for i in range(16)]
@@ -208,11 +208,11 @@ def test_placeholder_statistics_make_features_vanish():
 def test_cached_random_source_skips_the_statistics_and_reuses_the_entry(files, tmp_path):
     src = random_tiny()
     first = source_features([src], files, batch_size=5, cache_dir=tmp_path / "c")[0]
-    assert not first.cached and not src.placeholder_statistics  # estimated on `files`, then extracted
+    assert not first.cached and not src.stale_statistics  # estimated on `files`, then extracted
     again_src = random_tiny()  # the same draw, statistics not yet estimated
     calls = count_forwards(again_src)
     again = source_features([again_src], files, batch_size=5, cache_dir=tmp_path / "c")[0]
-    assert again.cached and again.key == first.key and calls[0] == 0 and again_src.placeholder_statistics
+    assert again.cached and again.key == first.key and calls[0] == 0 and again_src.stale_statistics
     assert np.array_equal(again.features, first.features)
     also = source_features([src], files, batch_size=5, cache_dir=tmp_path / "c")[0]  # after the estimate
     assert also.cached and also.key == first.key

@@ -47,7 +47,7 @@ def test_random_init_source_gets_batchnorm_statistics_from_the_train_split(image
     task = load_task_data(image_folder)
     torch.manual_seed(0)
     src = prepare_source(load_source(TINY_IMAGE_SOURCE), FitConfig(image_size=32), task)
-    assert not src.placeholder_statistics and src.statistics_fingerprint == examples_fingerprint(task.train.examples)
+    assert not src.stale_statistics and src.statistics_fingerprint == examples_fingerprint(task.train.examples)
     assert all(not bool((bn.running_var == 1).all()) for bn in batchnorm_layers(src.backbone))
 
 
@@ -123,6 +123,19 @@ def test_init_mix_endpoints(image_folder, beta):
     trained = run.model.backbone.state_dict()[key]
     assert torch.equal(trained, source[key]) == (beta == 0.0)
     assert run.metrics["transfer"]["by_origin"].keys() >= ({"mixed"} if beta else {"source"})
+
+
+def test_init_mix_estimates_the_blends_batchnorm_statistics(image_folder):
+    """Blended running statistics describe neither network; the blend's own are estimated instead."""
+    from transferkit.sources import load_source
+
+    source = load_source("efficientnet_lite0").backbone.state_dict()
+    run = fit(image_folder, source="efficientnet_lite0", strategy="linear_probe", verbose=False,
+              **{**FAST, "init_mix": 0.5})
+    key = "model.bn1.running_var"  # the frozen backbone keeps the statistics it started with
+    blend = 0.5 * source[key] + 0.5  # a fresh BatchNorm layer's placeholder variance is 1
+    assert not torch.allclose(run.model.backbone.state_dict()[key], blend)
+    assert not torch.allclose(run.model.backbone.state_dict()[key], source[key])
 
 
 def test_cut_at_uses_intermediate_features_and_reloads(image_folder, tmp_path):

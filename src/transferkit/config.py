@@ -55,7 +55,8 @@ class FitConfig:
         l2sp_alpha, l2sp_beta: L2-SP weights for shared and new layers (``l2sp``).
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout (``lora``).
         task_weights: Loss weight per task when a table has several label columns (default 1 each).
-        init_mix: Mixed initialisation, shared layers = (1-β)·source + β·fresh.
+        init_mix: Mixed initialisation, shared layers = (1-β)·source + β·fresh; BatchNorm
+            statistics of the blend are estimated again on the train split.
         wise_ft: Choose a WiSE-FT interpolation between source and fine-tuned weights on validation.
         num_workers: DataLoader worker processes.
         text_column, label_column, split_column: Column names for tables.

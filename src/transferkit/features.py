@@ -194,7 +194,7 @@ def source_features(
     results: list[SourceFeatures | None] = []
     pending: list[tuple[int, SourceModel, str, Path | None, float]] = []
     statistics_from = examples if statistics_from is None else list(statistics_from)
-    needs_statistics = [src.placeholder_statistics for src in sources]
+    needs_statistics = [src.stale_statistics for src in sources]
     estimate_from = (examples_fingerprint(statistics_subset(statistics_from)) if any(needs_statistics) else None)
     for i, src in enumerate(sources):
         started = time.perf_counter()
@@ -251,7 +251,7 @@ class _DictInputs(nn.Module):
 
 def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_size: int = 64,
                                   device: torch.device | str | None = None) -> None:
-    """Replaces the placeholder BatchNorm statistics of a random-init source with the target's.
+    """Replaces stale BatchNorm statistics (random init, blended weights) with the target's.
 
     Initialisation leaves every BatchNorm layer with running mean 0 and variance 1, statistics
     no trained network has: in eval mode the layers become identities and the signal drifts by
@@ -262,9 +262,10 @@ def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_si
     statistics become the mean and variance of each layer's inputs over (at most
     ``STATISTICS_EXAMPLES``, evenly spaced) target ``examples``, in the source's evaluation
     preprocessing, as ``torch.optim.swa_utils.update_bn`` computes them. Labels are not read
-    and no weight changes. A no-op unless ``src.placeholder_statistics``.
+    and no weight changes. The same holds for a blend of two networks' weights (``--init-mix``),
+    whose statistics describe neither. A no-op unless ``src.stale_statistics``.
     """
-    if not src.placeholder_statistics:
+    if not src.stale_statistics:
         return
     from torch.optim.swa_utils import update_bn
 
@@ -284,7 +285,7 @@ def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_si
         update_bn(loader, _DictInputs(src.backbone, device))
     finally:
         restore()
-    src.placeholder_statistics = False
+    src.stale_statistics = False
     src.statistics_fingerprint = examples_fingerprint(subset)
 
 

@@ -98,10 +98,10 @@ class SourceModel:
     weights: str = ""
     license: str = ""
     write_files: Callable[[Path], None] | None = None
-    #: True while the BatchNorm layers of a random-init source hold the placeholder statistics
-    #: (mean 0, variance 1) that initialisation leaves; ``features.estimate_batchnorm_statistics``
-    #: replaces them with statistics of target examples.
-    placeholder_statistics: bool = False
+    #: True while the BatchNorm running statistics do not describe the weights: the placeholders
+    #: (mean 0, variance 1) of a random init, or a blend after ``--init-mix``.
+    #: ``features.estimate_batchnorm_statistics`` replaces them with statistics of target examples.
+    stale_statistics: bool = False
     #: Fingerprint of the examples that estimated those statistics, once they have been.
     statistics_fingerprint: str | None = None
 
@@ -191,14 +191,15 @@ def load_source(source_id: str) -> SourceModel:
         ))
     source.id = source_id.strip()
     if source.weights == "random init":
-        mark_random_init(source)
+        mark_stale_statistics(source)
     return source
 
 
-def mark_random_init(source: SourceModel) -> None:
-    """Records that ``source`` was just built with random weights: any BatchNorm layers hold
-    placeholder statistics until ``features.estimate_batchnorm_statistics`` replaces them."""
-    source.placeholder_statistics = bool(batchnorm_layers(source.backbone))
+def mark_stale_statistics(source: SourceModel) -> None:
+    """Records that the BatchNorm statistics of ``source`` (if it has BatchNorm layers) do not
+    describe its weights (random init, blended weights) until ``features.estimate_batchnorm_statistics``
+    replaces them."""
+    source.stale_statistics = bool(batchnorm_layers(source.backbone))
 
 
 def source_modality(source_id: str) -> str | None:
