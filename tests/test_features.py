@@ -38,11 +38,16 @@ def files(tmp_path):
     return write_image_folder(tmp_path / "imgs", {"0": 6, "1": 6}, size=32)
 
 
-def tiny(source_id: str = TINY, size: int = 32):
-    """A tiny random-init source standing in for a pretrained one: its BatchNorm statistics stay
-    as they are (the estimate from target examples has its own tests below)."""
+def random_tiny(source_id: str = TINY, size: int = 32):
+    """The tiny source as ``@random`` gives it: BatchNorm statistics still placeholders."""
     torch.manual_seed(0)
-    src = with_image_size(load_source(source_id), size)
+    return with_image_size(load_source(source_id), size)
+
+
+def tiny(source_id: str = TINY, size: int = 32):
+    """The tiny source standing in for a pretrained one: its BatchNorm statistics stay as they
+    are (the estimate from target examples has its own tests below)."""
+    src = random_tiny(source_id, size)
     src.stale_statistics = False
     return src
 
@@ -147,12 +152,6 @@ def test_head_and_headless_sources_have_separate_entries(files, tmp_path):
     assert b.probabilities is None and not b.cached and b.key != a.key
     np.testing.assert_array_equal(a.features, b.features)
     assert source_features([headless], files, cache_dir=tmp_path / "c")[0].cached
-
-
-def random_tiny():
-    """The tiny source as ``@random`` gives it: BatchNorm statistics still placeholders."""
-    torch.manual_seed(0)
-    return with_image_size(load_source(TINY), 32)
 
 
 def test_random_init_batchnorm_statistics_come_from_the_examples(files):
