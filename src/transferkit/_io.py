@@ -56,13 +56,13 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str,
             f"Not writing {str(path)!r}: {len(bad)} weight tensor(s) hold NaN or infinite values "
             f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); training diverged. "
             "Try a lower `--lr` or `--precision no`, or check the inputs for NaN.")
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_json(path: Path, obj) -> None:
     """Writes JSON atomically, keys sorted, one trailing newline."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def read_json(path: Path) -> dict:
@@ -74,13 +74,28 @@ def read_json(path: Path) -> dict:
         raise UnsafeFileError(f"{str(path)!r} is not valid JSON: {e}") from None
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it onto ``path``.
+
+    A crash or a full disk leaves the old file (or none), never a truncated one. The file gets
+    the permissions a plain ``open`` would give (``0o666`` less the umask), not ``mkstemp``'s 0600,
+    so colleagues who may read the folder may read the file.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, default_mode(0o666))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def default_mode(mode: int) -> int:
+    """``mode`` less the process umask (what ``open``/``mkdir`` would give a new file or folder)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask

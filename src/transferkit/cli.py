@@ -6,7 +6,12 @@ caused by input print one line and exit with code 2 (``--debug`` shows the trace
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import inspect
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,64 +28,69 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
     _state["debug"] = debug
 
 
-# Options shared by `fit` and `demo`; None means "not given" so a --config file can supply it.
 Opt = typer.Option
 
 
-@app.command()
-def fit(
-    data: Annotated[Path, typer.Argument(help="Image folder (one subfolder per class) or text table (csv/jsonl/parquet).")],
-    source: Annotated[str, Opt(help="Source id, e.g. mobilenet_v2, minilm, timm:resnet18, run:DIR, or auto.")] = "mobilenet_v2",
-    candidates: Annotated[Optional[str], Opt(help="With --source auto: comma-separated source ids to choose from.")] = None,
-    top_k: Annotated[Optional[int], Opt(help="With --source auto: candidates confirmed by short fine-tunes.")] = None,
-    strategy: Annotated[Optional[str], Opt(help="Transfer strategy (see `transferkit strategies`).")] = None,
-    out: Annotated[Path, Opt(help="Run directory to write.")] = Path("runs/latest"),
-    config: Annotated[Optional[Path], Opt(help="YAML/JSON file of options; flags override it.")] = None,
-    epochs: Annotated[Optional[int], Opt(help="Fine-tuning epochs.")] = None,
-    probe_epochs: Annotated[Optional[int], Opt(help="Epochs for heads on cached features.")] = None,
-    lr: Annotated[Optional[float], Opt(help="Fine-tuning learning rate.")] = None,
-    probe_lr: Annotated[Optional[float], Opt(help="Learning rate for heads on cached features.")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Batch size per process.")] = None,
-    grad_accum: Annotated[Optional[int], Opt(help="Gradient accumulation steps.")] = None,
-    image_size: Annotated[Optional[int], Opt(help="Image side in pixels (default: the source's).")] = None,
-    max_length: Annotated[Optional[int], Opt(help="Token limit for text sources.")] = None,
-    pooling: Annotated[Optional[str], Opt(help="Text sources: mean or cls (first-token) pooling.")] = None,
-    report_to: Annotated[Optional[list[str]], Opt(help="Experiment tracker: tensorboard or mlflow (repeatable); logs inside --out.")] = None,
-    seed: Annotated[Optional[int], Opt(help="Seed for initialisation, data order and augmentation.")] = None,
-    split_seed: Annotated[Optional[int], Opt(help="Seed of the train/val/test split the tool makes.")] = None,
-    precision: Annotated[Optional[str], Opt(help="no, bf16 or fp16.")] = None,
-    patience: Annotated[Optional[int], Opt(help="Early-stopping patience in epochs (0 = off).")] = None,
-    head_hidden: Annotated[Optional[int], Opt(help="Hidden width of the head (0 = linear).")] = None,
-    head_dropout: Annotated[Optional[float], Opt(help="Dropout in the head.")] = None,
-    freeze: Annotated[Optional[list[str]], Opt(help="Layer group or parameter wildcard to keep frozen (repeatable).")] = None,
-    cut_at: Annotated[Optional[str], Opt(help="Cut the shared layers after this layer group (intermediate features).")] = None,
-    reinit: Annotated[Optional[list[str]], Opt(help="Layer group to re-initialise instead of transferring (repeatable).")] = None,
-    lr_decay: Annotated[Optional[float], Opt(help="Per-group LR factor toward the input (layerwise_lr).")] = None,
-    l2sp_alpha: Annotated[Optional[float], Opt(help="L2-SP weight pulling shared layers to the source (l2sp).")] = None,
-    lora_r: Annotated[Optional[int], Opt(help="LoRA rank (lora).")] = None,
-    lora_alpha: Annotated[Optional[int], Opt(help="LoRA scaling alpha (lora).")] = None,
-    init_mix: Annotated[Optional[float], Opt(help="Mixed init: (1-β)·source + β·fresh for shared layers.")] = None,
-    wise_ft: Annotated[Optional[bool], Opt("--wise-ft/--no-wise-ft", help="Choose a WiSE-FT α on validation.")] = None,
-    baseline: Annotated[Optional[bool], Opt("--baseline/--no-baseline", help="Train the no-transfer baseline.")] = None,
-    augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="Light augmentation while fine-tuning.")] = None,
-    text_column: Annotated[Optional[str], Opt(help="Text column of a table.")] = None,
-    label_column: Annotated[Optional[str], Opt(help="Label column of a table; 'a,b' trains one head per column.")] = None,
-    task_weight: Annotated[Optional[list[str]], Opt(help="Loss weight of a task, as NAME=WEIGHT (repeatable).")] = None,
-    skip_bad: Annotated[Optional[bool], Opt("--skip-bad", help="Skip unreadable examples instead of failing.")] = None,
-    num_workers: Annotated[Optional[int], Opt(help="DataLoader workers.")] = None,
-    checkpoint_every: Annotated[Optional[int], Opt(help="Also checkpoint every N optimiser steps (always at epoch ends).")] = None,
-    keep_checkpoints: Annotated[Optional[int], Opt(help="Recent checkpoints to keep (each stage's last is kept).")] = None,
-    resume: Annotated[Optional[bool], Opt("--resume", help="Continue from the newest valid checkpoint in --out.")] = None,
-    quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
-) -> None:
+def fit(data: Path, source: str, out: Path, config: Path | None, quiet: bool, **options) -> None:
     """Transfer a source model to your data, train, evaluate on the test split next to a baseline."""
-    given = {k: v for k, v in locals().items()
-             if v is not None and k not in ("data", "source", "out", "config", "quiet", "task_weight", "candidates")}
-    if candidates:
-        given["candidates"] = [c.strip() for c in candidates.split(",") if c.strip()]
-    if task_weight:
-        given["task_weights"] = _parse_weights(task_weight)
-    _fit_and_show(data, source, out, given, config, quiet)
+    _fit_and_show(data, source, out, _given_options(options), config, quiet)
+
+
+def _fit_parameters() -> list[inspect.Parameter]:
+    """``fit``'s CLI parameters: the data, source, output and config arguments, then one flag per
+    ``FitConfig`` option, generated from its declaration (type, help, group; None = not given)."""
+    from transferkit.config import GROUPS, FitConfig, flag_name
+
+    def param(name: str, annotation, default) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+    fixed = [
+        ("Data", param("data", Annotated[Path, typer.Argument(
+            help="Image or audio folder (one subfolder per class), text table (csv/tsv/jsonl/parquet) or series.")],
+            inspect.Parameter.empty)),
+        ("Source", param("source", Annotated[str, Opt(
+            help="Source id, e.g. mobilenet_v2, minilm, timm:resnet18, run:DIR, or auto.", rich_help_panel="Source")],
+            "mobilenet_v2")),
+        ("Output", param("out", Annotated[Path, Opt(
+            help="Run directory to write (a new or empty folder, or an earlier run with --overwrite).",
+            rich_help_panel="Output")], Path("runs/latest"))),
+        ("Output", param("config", Annotated[Optional[Path], Opt(
+            help="YAML/JSON file of options; flags override it.", rich_help_panel="Output")], None)),
+        ("Output", param("quiet", Annotated[bool, Opt("--quiet", help="No progress bars.", rich_help_panel="Output")],
+                         False)),
+    ]
+    hints, generated = typing.get_type_hints(FitConfig), []
+    for f in dataclasses.fields(FitConfig):
+        flag, group = flag_name(f.name), f.metadata["group"]
+        if not flag:
+            continue
+        hint = hints[f.name]
+        kind = typing.get_args(hint)[0] if typing.get_origin(hint) in (types.UnionType, typing.Union) else hint
+        names = (f"--{flag}/--no-{flag}",) if kind is bool else (f"--{flag}",)
+        shown = f.default if f.default not in (None, dataclasses.MISSING) else False
+        option = Opt(*names, help=f.metadata["help"], rich_help_panel=group,
+                     show_default=str(shown).lower() if isinstance(shown, bool) and shown is not False else
+                     (str(shown) if shown is not False else False))
+        kind = list[str] if typing.get_origin(kind) in (list, dict) else kind
+        generated.append((group, param(f.name, Annotated[Optional[kind], option], None)))
+    ordered = sorted(fixed + generated, key=lambda item: GROUPS.index(item[0]))  # stable: fixed ones lead
+    return [p for _, p in ordered]
+
+
+fit.__signature__ = inspect.Signature(_fit_parameters())
+fit.__annotations__ = {p.name: p.annotation for p in fit.__signature__.parameters.values()}
+app.command()(fit)
+
+
+def _given_options(options: dict) -> dict:
+    """The flags given on the command line as ``FitConfig`` values (lists split at commas)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    for name, value in given.items():
+        if isinstance(value, list):
+            given[name] = [item.strip() for v in value for item in v.split(",") if item.strip()]
+    if "task_weights" in given:
+        given["task_weights"] = _parse_weights(given["task_weights"])
+    return given
 
 
 def _parse_weights(items: list[str]) -> dict[str, float]:
@@ -144,27 +154,33 @@ def demo(
     from transferkit.datasets import DEMO
 
     typer.echo(f"Demo: {DEMO.description}\nSource {DEMO.source}, strategy {DEMO.options['strategy']}, writing {out}")
-    _fit_and_show(DEMO.path, DEMO.source, out, dict(DEMO.options), None, quiet)
+    _fit_and_show(DEMO.path, DEMO.source, out, {**DEMO.options, "overwrite": True}, None, quiet)  # rerunnable
 
 
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory written by `transferkit fit`.")],
     inputs: Annotated[list[str], typer.Argument(help="Files/folders (images, audio clips, .npy series), or texts / a text table for text runs.")],
-    output: Annotated[Path, Opt(help="CSV to write.")] = Path("predictions.csv"),
+    output: Annotated[Path, Opt(help="CSV to write (replaced atomically; formula-like cells are escaped).")] = Path("predictions.csv"),
+    skip_bad: Annotated[bool, Opt("--skip-bad", help="Skip bad inputs (listed) instead of failing.")] = False,
 ) -> None:
     """Predict labels and class probabilities; writes a CSV."""
     import time
 
     from transferkit.pipeline import load_run
-    from transferkit.predict import expand_inputs, write_predictions
+    from transferkit.predict import check_output, expand_inputs, write_predictions
 
+    check_output(output)  # before the model loads
     loaded = load_run(run)
-    examples = expand_inputs(inputs, loaded)
+    examples, skipped = expand_inputs(inputs, loaded, skip_bad=skip_bad)
     started = time.perf_counter()
     proba = {task: loaded.predict_proba(examples, task) for task in loaded.classes}
     seconds = time.perf_counter() - started
     write_predictions(output, examples, proba, loaded.classes)
+    if skipped:
+        shown = ", ".join(f"{where} ({reason})" for where, reason in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        typer.echo(f"Skipped {len(skipped)} bad input(s) (--skip-bad): {shown}{more}.")
     typer.echo(f"Wrote {len(examples)} predictions to {output} ({len(examples) / max(seconds, 1e-9):.1f} examples/s).")
 
 
@@ -190,11 +206,12 @@ def soup(
     data: Annotated[Path, Opt(help="The task's data: validation picks ingredients, test scores the soup.")],
     out: Annotated[Path, Opt(help="Run directory for the soup.")] = Path("runs/soup"),
     greedy: Annotated[bool, Opt("--greedy/--uniform", help="Greedy soup (default) or uniform average.")] = True,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an earlier run in --out.")] = False,
 ) -> None:
     """Average the weights of several fine-tuned runs (model soup) and evaluate it."""
     from transferkit.pipeline import soup as make_soup
 
-    result = make_soup(runs, data, out=out, greedy=greedy)
+    result = make_soup(runs, data, out=out, greedy=greedy, overwrite=overwrite)
     info = result.metrics["soup"]
     typer.echo(f"{info['kind']} soup of {len(info['used'])} of {len(runs)} runs: "
                f"test accuracy {result.metrics['test_accuracy']:.4f} "
@@ -252,15 +269,12 @@ def rank(
     quiet: Annotated[bool, Opt("--quiet", help="Print only the table.")] = False,
 ) -> None:
     """Rank source models for your data by transferability scores (table, ranking.json, bar chart)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from transferkit.config import FitConfig
-    from transferkit.data import detect_modality, load_task_data
+    from transferkit.data import detect_modality
     from transferkit.errors import ConfigError
+    from transferkit.outdir import OutputDir
     from transferkit.scoring import get_scorer
-    from transferkit.selection import (check_source_ids, check_splits, default_candidates, rank_sources, score_names,
-                                       write_ranking)
+    from transferkit.selection import check_source_ids, check_splits, default_candidates
 
     names = [s.strip() for s in scores.split(",") if s.strip()]
     split_names = check_splits([s.strip() for s in splits.split(",") if s.strip()])
@@ -276,6 +290,21 @@ def rank(
     if controls:
         ids += [f"{i}@random" for i in ids if not i.endswith("@random")]
     check_source_ids(ids)  # did-you-mean errors before the data is read
+    with OutputDir.claim(out, "ranking", inputs=[data]) as outdir:
+        _rank_and_show(data, ids, names, split_names, outdir, batch_size=batch_size, cache_dir=cache_dir,
+                       image_size=image_size, use_cache=not no_cache, seed=seed, text_column=text_column,
+                       label_column=label_column, quiet=quiet)
+
+
+def _rank_and_show(data: Path, ids: list[str], names: list[str], split_names: list[str], outdir, *, batch_size: int,
+                   cache_dir: Path | None, image_size: int | None, use_cache: bool, seed: int, text_column: str,
+                   label_column: str, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from transferkit.data import load_task_data
+    from transferkit.selection import rank_sources, score_names, write_ranking
+
     task = load_task_data(data, text_column=text_column, label_column=label_column, seed=seed)
     console = Console()
     if not quiet:
@@ -283,8 +312,8 @@ def rank(
         console.print(f"Ranking {len(ids)} source(s) on {n} {task.modality} examples "
                       f"({'+'.join(split_names)}) by {', '.join(names)}")
     rows = rank_sources(task, ids, names, batch_size=batch_size, cache_dir=cache_dir, image_size=image_size,
-                        splits=split_names, use_cache=not no_cache, seed=seed, verbose=not quiet)
-    paths = write_ranking(rows, out, title=f"{Path(data).name}: {len(task.classes)} classes")
+                        splits=split_names, use_cache=use_cache, seed=seed, verbose=not quiet)
+    paths = write_ranking(rows, outdir, title=f"{Path(data).name}: {len(task.classes)} classes")
     table = Table(title=f"Source ranking by {names[0]} (higher is better)")
     for col in ("rank", "source", *score_names(rows), "seconds"):
         table.add_column(col, justify="left" if col == "source" else "right")
@@ -326,6 +355,20 @@ def export(
                    err=True)
 
 
+#: Errors of the user's file system (full disk, read-only folder, ...): one line, not a traceback.
+_FILE_SYSTEM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                                 errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENOENT, errno.EEXIST,
+                                 errno.EMFILE, errno.EFBIG})
+
+
+def _describe_os_error(e: OSError) -> str:
+    where = f" ({e.filename!r})" if e.filename else ""
+    fix = {errno.ENOSPC: " Free some space, or write to another folder (`--out`, `--output`).",
+           errno.EDQUOT: " Free some space, or write to another folder (`--out`, `--output`).",
+           errno.EROFS: " Write to another folder (`--out`, `--output`)."}.get(e.errno, "")
+    return f"{e.strerror or e}{where}.{fix}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app; input and usage errors print one line and exit with code 2."""
     from transferkit.errors import TransferKitError
@@ -340,10 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as e:  # typer's own click: unknown flag, bad value, missing argument
         e.show()
         code = 2
-    except TransferKitError as e:
-        if _state["debug"] or "--debug" in argv:
+    except (TransferKitError, OSError) as e:
+        if _state["debug"] or "--debug" in argv or (isinstance(e, OSError) and e.errno not in _FILE_SYSTEM_ERRORS):
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e if isinstance(e, TransferKitError) else _describe_os_error(e)}", err=True)
         code = 2
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -1,155 +1,149 @@
-"""Run configuration: one dataclass, validated on creation, round-tripped through JSON/YAML.
+"""Run configuration: every option declared once, validated on creation, round-tripped through JSON/YAML.
 
-Unknown keys are an error that names the key (a typo must never be silently ignored).
+Each ``FitConfig`` field is declared with ``option`` (default, help, group, range, owning
+strategy); the CLI flags of ``transferkit fit``, the config-file loader, the validation (type
+first, then range, for flags, config files and a run's ``config.json`` alike) and a report's
+"reproduce" command are all derived from that declaration. Unknown keys are an error that names
+the key (a typo must never be silently ignored).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from transferkit.errors import ConfigError
 
 PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "mlflow")
 #: Names other tools use for our options, for the did-you-mean of unknown keys.
 _SYNONYMS = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs"}
+#: The groups of ``transferkit fit --help``, in order.
+GROUPS = ("Data", "Source", "Strategy", "Training", "Output", "Resume and scale")
+
+
+def option(default=None, *, help: str, group: str, low: float | None = None, high: float | None = None,  # noqa: A002
+           open_low: bool = False, open_high: bool = False, unit: str = "", choices: tuple[str, ...] = (),
+           hint: str = "", strategy: str | None = None, flag: str | None = None, factory=None):
+    """Declares one option of ``FitConfig``: its default, help, help group, allowed values and owner.
+
+    Args:
+        default: The default value (``factory`` for lists and dicts).
+        help: One line for ``transferkit fit --help`` and the docs.
+        group: The help group (one of ``GROUPS``).
+        low, high: Bounds of a number (and of each value of a dict of numbers).
+        open_low, open_high: Exclude the bound itself.
+        unit: Shown in the message for a whole number with both bounds ("pixels").
+        choices: The allowed strings (of a string option or of each item of a list).
+        hint: A sentence appended to a range error ("Typical values are ...").
+        strategy: The strategy this option belongs to (None: every strategy).
+        flag: The CLI flag's name without dashes if it is not the field's name; "" for a
+            config-file-only option.
+        factory: Builds the default (lists, dicts).
+    """
+    meta = {"help": help, "group": group, "low": low, "high": high, "open_low": open_low, "open_high": open_high,
+            "unit": unit, "choices": choices, "hint": hint, "strategy": strategy, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class FitConfig:
-    """Every option of ``transferkit fit``; the CLI flag is the field name with dashes.
+    """Every option of ``transferkit fit``, each declared once with ``option``.
 
-    Attributes:
-        strategy: Transfer strategy name (see ``transferkit strategies``).
-        epochs: Training epochs over the train split (fine-tuning stages).
-        probe_epochs: Epochs for heads fitted on cached features (``linear_probe``, LP stage of ``lp_ft``).
-        lr: Peak learning rate of the fine-tuning stages.
-        probe_lr: Learning rate for heads fitted on cached features.
-        batch_size: Examples per optimiser step and process (before accumulation).
-        grad_accum: Gradient accumulation steps.
-        weight_decay: AdamW weight decay.
-        warmup_ratio: Fraction of steps with linear warm-up before the cosine decay.
-        patience: Early-stopping patience in epochs on validation accuracy (0 disables).
-        precision: "no", "bf16" or "fp16" (Accelerate mixed precision).
-        seed: Seed for initialisation, data order and augmentation.
-        split_seed: Seed of the train/val/test split made when the data has none; kept apart from
-            ``seed`` so runs with different seeds (soups, mean ± std) share one test split.
-        image_size: Input side in pixels for image sources (default: the source's own).
-        max_length: Token limit for text sources (default: the source's own).
-        pooling: Text sources: "mean" over tokens or "cls" (first token); default: the source's own.
-            First-token runs export exactly to plain transformers (``transferkit export --format hf``).
-        val_fraction, test_fraction: Split sizes when the data has no given splits.
-        head_hidden: Width of a hidden layer in the head (0 = a single linear layer).
-        head_dropout: Dropout before the head's last layer.
-        freeze: Layer-group names or parameter-name wildcards kept frozen in every stage.
-        cut_at: Cut the shared layers after this layer group and use its pooled output as features.
-        reinit: Layer groups whose source weights are replaced by a fresh initialisation.
-        augment: Light data augmentation during fine-tuning (images).
-        baseline: Train the no-transfer baseline next to the transfer run.
-        baseline_lr: Learning rate for the baseline trained from random initialisation.
-        lr_decay: Per-group learning-rate factor toward the input (``layerwise_lr``).
-        l2sp_alpha, l2sp_beta: L2-SP weights for shared and new layers (``l2sp``).
-        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout (``lora``).
-        task_weights: Loss weight per task when a table has several label columns (default 1 each).
-        init_mix: Mixed initialisation, shared layers = (1-β)·source + β·fresh; BatchNorm
-            statistics of the blend are estimated again on the train split.
-        wise_ft: Choose a WiSE-FT interpolation between source and fine-tuned weights on validation.
-        num_workers: DataLoader worker processes.
-        text_column, label_column, split_column: Column names for tables.
-        skip_bad: Skip unreadable examples (reported) instead of failing.
-        checkpoint_every: Save a resumable checkpoint every N optimiser steps (0 = epoch ends only).
-        keep_checkpoints: How many checkpoints to keep.
-        resume: Continue from the newest valid checkpoint in the run directory's ``checkpoints/``.
-        candidates: Sources that ``--source auto`` chooses from (default: every packaged source of
-            the data's modality).
-        top_k: How many top-scored candidates ``--source auto`` confirms with short fine-tunes.
-        report_to: Experiment trackers through Accelerate ("tensorboard", "mlflow").
+    The declaration is the single source of the CLI flag (the field name with dashes), its help
+    and group, the config-file keys, the validation (type first, then range) and the
+    "reproduce" command of a report (``cli_args``). See ``transferkit fit --help`` for each one.
     """
 
-    strategy: str = "linear_probe"
-    epochs: int = 5
-    probe_epochs: int = 60
-    lr: float = 1e-4
-    probe_lr: float = 3e-3
-    batch_size: int = 32
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    patience: int = 0
-    precision: str = "no"
-    seed: int = 0
-    split_seed: int = 0
-    image_size: int | None = None
-    max_length: int | None = None
-    pooling: str | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.2
-    head_hidden: int = 0
-    head_dropout: float = 0.0
-    freeze: list[str] = field(default_factory=list)
-    cut_at: str | None = None
-    reinit: list[str] = field(default_factory=list)
-    augment: bool = True
-    baseline: bool = True
-    baseline_lr: float = 1e-3
-    lr_decay: float = 0.7
-    l2sp_alpha: float = 0.01
-    l2sp_beta: float = 0.01
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    task_weights: dict[str, float] = field(default_factory=dict)
-    init_mix: float = 0.0
-    wise_ft: bool = False
-    num_workers: int = 0
-    text_column: str = "text"
-    label_column: str = "label"
-    split_column: str = "split"
-    skip_bad: bool = False
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    resume: bool = False
-    candidates: list[str] = field(default_factory=list)
-    top_k: int = 3
-    report_to: list[str] = field(default_factory=list)
+    strategy: str = option("linear_probe", group="Strategy",
+                           help="Transfer strategy (see `transferkit strategies`).")
+    epochs: int = option(5, low=1, group="Training", help="Fine-tuning epochs over the train split.")
+    probe_epochs: int = option(60, low=1, group="Training", help="Epochs for heads fitted on cached features.")
+    lr: float = option(1e-4, low=0, high=10, open_low=True, group="Training", hint="Typical values are 1e-5 to 1e-2.",
+                       help="Peak learning rate of the fine-tuning stages.")
+    probe_lr: float = option(3e-3, low=0, high=10, open_low=True, group="Training",
+                             hint="Typical values are 1e-5 to 1e-2.", help="Learning rate for heads on cached features.")
+    batch_size: int = option(32, low=1, high=65536, group="Training", help="Examples per step and process.")
+    grad_accum: int = option(1, low=1, high=4096, group="Training", help="Gradient accumulation steps.")
+    weight_decay: float = option(0.01, low=0.0, high=10.0, group="Training", help="AdamW weight decay.")
+    warmup_ratio: float = option(0.1, low=0.0, high=0.9, group="Training",
+                                 help="Fraction of steps with linear warm-up before the cosine decay.")
+    patience: int = option(0, low=0, high=100000, group="Training",
+                           help="Early-stopping patience in epochs on validation accuracy (0 = off).")
+    precision: str = option("no", choices=PRECISIONS, group="Resume and scale",
+                            help="Mixed precision: no, bf16 or fp16.")
+    seed: int = option(0, low=0, high=2**32 - 1, group="Training",
+                       help="Seed for initialisation, data order and augmentation.")
+    split_seed: int = option(0, low=0, high=2**32 - 1, group="Data",
+                             help="Seed of the train/val/test split made when the data has none.")
+    image_size: int | None = option(None, low=16, high=1024, unit="pixels", group="Source",
+                                    help="Image side in pixels (default: the source's own).")
+    max_length: int | None = option(None, low=4, high=8192, unit="tokens", group="Source",
+                                    help="Token limit for text sources (default: the source's own).")
+    pooling: str | None = option(None, choices=("mean", "cls"), group="Source",
+                                 help="Text sources: mean or cls (first-token) pooling; cls exports to plain transformers.")
+    val_fraction: float = option(0.15, low=0.0, high=0.5, open_low=True, open_high=True, group="Data",
+                                 help="Validation share when the data has no given splits.")
+    test_fraction: float = option(0.2, low=0.0, high=0.5, open_low=True, open_high=True, group="Data",
+                                  help="Test share when the data has no given splits.")
+    head_hidden: int = option(0, low=0, high=65536, group="Source", help="Hidden width of the head (0 = linear).")
+    head_dropout: float = option(0.0, low=0.0, high=0.95, group="Source", help="Dropout before the head's last layer.")
+    freeze: list[str] = option(factory=list, group="Source",
+                               help="Layer group or parameter wildcard kept frozen in every stage (repeatable).")
+    cut_at: str | None = option(None, group="Source",
+                                help="Cut the shared layers after this layer group (intermediate features).")
+    reinit: list[str] = option(factory=list, group="Source",
+                               help="Layer group re-initialised instead of transferred (repeatable).")
+    augment: bool = option(True, group="Training", help="Light augmentation while fine-tuning (images).")
+    baseline: bool = option(True, group="Output", help="Train the no-transfer baseline next to the transfer run.")
+    baseline_lr: float = option(1e-3, low=0, high=10, open_low=True, group="Training",
+                                hint="Typical values are 1e-5 to 1e-2.",
+                                help="Learning rate of the baseline trained from random initialisation.")
+    lr_decay: float = option(0.7, low=0.0, high=1.0, open_low=True, group="Strategy", strategy="layerwise_lr",
+                             help="Per-group learning-rate factor toward the input (layerwise_lr).")
+    l2sp_alpha: float = option(0.01, low=0, group="Strategy", strategy="l2sp",
+                               help="L2-SP weight pulling shared layers to the source (l2sp).")
+    l2sp_beta: float = option(0.01, low=0, group="Strategy", strategy="l2sp", help="L2 weight of the new layers (l2sp).")
+    lora_r: int = option(8, low=1, high=4096, group="Strategy", strategy="lora", help="LoRA rank (lora).")
+    lora_alpha: int = option(16, low=1, high=65536, group="Strategy", strategy="lora", help="LoRA scaling alpha (lora).")
+    lora_dropout: float = option(0.0, low=0.0, high=0.95, group="Strategy", strategy="lora",
+                                 help="Dropout on the LoRA path (lora).")
+    task_weights: dict[str, float] = option(factory=dict, low=0, group="Training", flag="task-weight",
+                                            help="Loss weight of a task, as NAME=WEIGHT (repeatable).")
+    init_mix: float = option(0.0, low=0.0, high=1.0, group="Strategy",
+                             help="Mixed init: (1-β)·source + β·fresh for the shared layers.")
+    wise_ft: bool = option(False, group="Strategy", help="Choose a WiSE-FT interpolation α on validation.")
+    num_workers: int = option(0, low=0, high=256, group="Resume and scale", help="DataLoader worker processes.")
+    text_column: str = option("text", group="Data", help="Text column of a table.")
+    label_column: str = option("label", group="Data", help="Label column of a table; 'a,b' trains one head per column.")
+    split_column: str = option("split", group="Data", help="Split column of a table (train/val/test).")
+    skip_bad: bool = option(False, group="Data", help="Skip unreadable examples (reported) instead of failing.")
+    checkpoint_every: int = option(0, low=0, group="Resume and scale",
+                                   help="Also checkpoint every N optimiser steps (always at epoch ends).")
+    keep_checkpoints: int = option(2, low=1, high=1000, group="Resume and scale",
+                                   help="Recent checkpoints to keep (each stage's last is kept).")
+    resume: bool = option(False, group="Resume and scale", help="Continue from the newest valid checkpoint in --out.")
+    overwrite: bool = option(False, group="Output",
+                             help="Replace a finished run in --out, or discard an unfinished run's checkpoints.")
+    candidates: list[str] = option(factory=list, group="Source",
+                                   help="With --source auto: source ids to choose from (comma-separated).")
+    top_k: int = option(3, low=1, high=1000, group="Source",
+                        help="With --source auto: candidates confirmed by short fine-tunes.")
+    report_to: list[str] = option(factory=list, choices=TRACKERS, group="Output",
+                                  help="Experiment tracker: tensorboard or mlflow (repeatable); logs inside --out.")
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "probe_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "keep_checkpoints",
-                  "top_k")
-        _positive_float(self, "lr", "probe_lr", "baseline_lr")
-        _in_range(self, "weight_decay", 0.0, 10.0)
-        _in_range(self, "warmup_ratio", 0.0, 0.9)
-        _in_range(self, "val_fraction", 0.0, 0.5, closed=False)
-        _in_range(self, "test_fraction", 0.0, 0.5, closed=False)
-        _in_range(self, "head_dropout", 0.0, 0.95)
-        _in_range(self, "lora_dropout", 0.0, 0.95)
-        _in_range(self, "lr_decay", 0.0, 1.0, closed=False, upper_closed=True)
-        _in_range(self, "init_mix", 0.0, 1.0)
-        for name in ("patience", "head_hidden", "num_workers", "checkpoint_every", "seed", "split_seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"`--{_flag(name)}` must be a whole number >= 0; got {value!r}.")
-        for name in ("l2sp_alpha", "l2sp_beta"):
-            if not _finite_non_negative(getattr(self, name)):
-                raise ConfigError(f"`--{_flag(name)}` must be a finite number >= 0; got {getattr(self, name)!r}.")
-        for name, weight in self.task_weights.items():
-            if not _finite_non_negative(weight):
-                raise ConfigError(f"`--task-weight` for {name!r} must be a finite number >= 0; got {weight!r}.")
-        if self.pooling not in (None, "mean", "cls"):
-            raise ConfigError(f"`--pooling` must be 'mean' or 'cls' (first token); got {self.pooling!r}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"`--precision` must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
-        if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            raise ConfigError(f"`--image-size` must be between 16 and 1024 pixels; got {self.image_size!r}.")
-        if self.max_length is not None and not 4 <= self.max_length <= 8192:
-            raise ConfigError(f"`--max-length` must be between 4 and 8192 tokens; got {self.max_length!r}.")
-        for tracker in self.report_to:
-            if tracker not in ("tensorboard", "mlflow"):
-                raise ConfigError(f"`--report-to` takes 'tensorboard' or 'mlflow'; got {tracker!r}.")
+        for f in fields(self):
+            check_value(f.name, getattr(self, f.name), _hints()[f.name], f.metadata)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,7 +179,7 @@ class FitConfig:
                 raise ConfigError(f"`--config` file {str(path)!r} is not valid YAML "
                                   f"({getattr(e, 'problem', None) or 'cannot parse'}{where}).") from None
             if isinstance(values, dict):  # YAML 1.1 reads 1e-3 (no dot) as text: take it as the number meant
-                floats = {f.name for f in fields(cls) if f.type in ("float", "float | None")}
+                floats = {name for name, hint in _hints().items() if hint in (float, float | None)}
                 values = {k: _float_or_text(v) if k in floats else v for k, v in values.items()}
         else:
             try:
@@ -207,33 +201,101 @@ def _float_or_text(value):
     return value
 
 
-def _finite_non_negative(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+@functools.cache
+def _hints() -> dict[str, object]:
+    return typing.get_type_hints(FitConfig)
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+def flag_name(name: str) -> str:
+    """The CLI flag of option ``name``, without dashes ("" for config-file-only options)."""
+    declared = FitConfig.__dataclass_fields__[name].metadata.get("flag")
+    return name.replace("_", "-") if declared is None else declared
 
 
-def _positive(cfg: FitConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"`--{_flag(name)}` must be a whole number >= 1; got {value!r}.")
+def check_value(name: str, value, hint, meta) -> None:
+    """Type first, then range: raises ``ConfigError`` naming the flag, the allowed values and ``value``."""
+    flag = f"`--{flag_name(name)}`"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be true or false; got {value!r}.")
+    elif hint is int:
+        _check_whole(flag, value, meta)
+    elif hint is float:
+        _check_number(flag, value, meta)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{flag} must be a string; got {value!r}.")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])}; got {value!r}.")
+    elif origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{flag} must be a list of strings, e.g. ['a', 'b']; got {value!r}.")
+        for item in value:
+            if meta.get("choices") and item not in meta["choices"]:
+                raise ConfigError(f"{flag} takes {' or '.join(map(repr, meta['choices']))}; got {item!r}.")
+    elif origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{flag} must be a mapping of name: number; got {value!r}.")
+        for key, item in value.items():
+            _check_number(f"{flag} for {key!r}", item, meta)
+    else:  # pragma: no cover - a declaration this checker does not know
+        raise TypeError(f"no check for option {name!r} of type {hint!r}")
 
 
-def _positive_float(cfg: FitConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or not 0 < value <= 10:
-            raise ConfigError(f"`--{_flag(name)}` must be in (0, 10]; got {value!r}. Typical values are 1e-5 to 1e-2.")
+def _check_whole(flag: str, value, meta) -> None:
+    low, high, unit = meta.get("low"), meta.get("high"), meta.get("unit")
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if unit and (not whole or not low <= value <= high):
+        raise ConfigError(f"{flag} must be between {low} and {high} {unit}; got {value!r}.")
+    if not whole or (low is not None and value < low):
+        raise ConfigError(f"{flag} must be a whole number >= {low}; got {value!r}.")
+    if high is not None and value > high:
+        raise ConfigError(f"{flag} must be a whole number <= {high}; got {value!r}.")
 
 
-def _in_range(cfg: FitConfig, name: str, low: float, high: float, closed: bool = True, upper_closed: bool | None = None) -> None:
-    value = getattr(cfg, name)
-    upper_closed = closed if upper_closed is None else upper_closed
-    ok_low = value >= low if closed else value > low
-    ok_high = value <= high if upper_closed else value < high
-    if not isinstance(value, (int, float)) or not (ok_low and ok_high):
-        lo, hi = ("[" if closed else "("), ("]" if upper_closed else ")")
-        raise ConfigError(f"`--{_flag(name)}` must be in {lo}{low}, {high}{hi}; got {value!r}.")
+def _check_number(flag: str, value, meta) -> None:
+    low, high = meta.get("low"), meta.get("high")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if high is None:  # a weight: finite, at least `low`
+        if not number or not math.isfinite(value) or value < low:
+            raise ConfigError(f"{flag} must be a finite number >= {low}; got {value!r}.")
+        return
+    above = number and (value > low if meta.get("open_low") else value >= low)
+    below = number and (value < high if meta.get("open_high") else value <= high)
+    if not (above and below):
+        interval = f"{'(' if meta.get('open_low') else '['}{low}, {high}{')' if meta.get('open_high') else ']'}"
+        hint = f" {meta['hint']}" if meta.get("hint") else ""
+        raise ConfigError(f"{flag} must be in {interval}; got {value!r}.{hint}")
+
+
+def cli_args(fit: dict) -> list[str]:
+    """The ``transferkit fit`` flags that rebuild the options in ``fit`` (those off their defaults).
+
+    Options without a flag (config-file only) are left out; ``overwrite`` and ``resume`` say how
+    a run was started, not what it is, and are left out too.
+    """
+    defaults = FitConfig().to_dict()
+    args: list[str] = []
+    for name, value in fit.items():
+        if name not in defaults or defaults[name] == value or name in ("overwrite", "resume") or not flag_name(name):
+            continue
+        flag = f"--{flag_name(name)}"
+        if isinstance(value, bool):
+            args.append(flag if value else f"--no-{flag_name(name)}")
+        elif name == "candidates":
+            args += [flag, ",".join(value)]
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                args += [flag, f"{key}={item!r}"]
+        elif value is not None:
+            args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return args

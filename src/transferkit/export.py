@@ -85,6 +85,7 @@ class ExportResult:
 
 def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResult:  # noqa: A002 (CLI name)
     """Exports the run in ``run_dir`` as ``format`` (``hf``, ``torchvision``, ``timm``, ``onnx``) into ``out``."""
+    from transferkit.outdir import OutputDir
     from transferkit.pipeline import load_run
 
     if format not in FORMATS:
@@ -96,18 +97,21 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResul
     run_dir, out = Path(run_dir), Path(out)
     config = _read_config(run_dir)
     _check_compatible(config, format)  # fails fast, before any model is built
-    if out.resolve() == run_dir.resolve():
-        raise ExportError("`--out` must differ from the run directory (the export would overwrite its files).")
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "README.md").is_file()):
-        raise ExportError(f"`--out` {str(out)!r} exists and is not an earlier export; pass a new or empty directory.")
-    run = load_run(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    exporters = {"hf": _export_hf, "torchvision": _export_torchvision, "timm": _export_timm, "onnx": _export_onnx}
-    result = exporters[format](run, out)
-    _write_json(out / "preprocessing.json", _preprocessing(run))
-    (out / "README.md").write_text(model_card(run, result))
-    result.files = sorted(p.name for p in out.iterdir() if p.is_file())
-    return result
+    with OutputDir.claim(out, "export", inputs=[run_dir]) as outdir:
+        run = load_run(run_dir)
+        exporters = {"hf": _export_hf, "torchvision": _export_torchvision, "timm": _export_timm, "onnx": _export_onnx}
+        results = []
+
+        def write(folder: Path) -> None:
+            result = exporters[format](run, folder)
+            _write_json(folder / "preprocessing.json", _preprocessing(run))
+            (folder / "README.md").write_text(model_card(run, result))
+            result.files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            results.append(result)
+
+        outdir.publish(write)
+    results[0].out = out
+    return results[0]
 
 
 # -- compatibility checks (config only) ------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import resource
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from transferkit.engine import is_main_process
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.features import estimate_batchnorm_statistics
+from transferkit.outdir import OutputDir
 from transferkit.sources import SourceModel, build_from_spec, input_pipeline, load_source, source_modality
 from transferkit.sources.base import Preprocessing, mark_stale_statistics
 from transferkit.sources.inputs import ExampleDataset
@@ -111,7 +111,19 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     """
     cfg = FitConfig.from_dict({**(config.to_dict() if config else {}), "strategy": strategy, **options})
     get_strategy(cfg.strategy)  # unknown names fail before any work
+    outdir = None if out is None else OutputDir.claim(
+        out, "run", inputs=[] if isinstance(data, TaskData) else [data], overwrite=cfg.overwrite,
+        resume=cfg.resume, lock=is_main_process())
+    try:
+        return _fit(data, source, cfg, outdir, verbose)
+    finally:
+        if outdir is not None:
+            outdir.release()
+
+
+def _fit(data: str | Path | TaskData, source: str, cfg: FitConfig, outdir: OutputDir | None, verbose: bool) -> Run:
     task = data if isinstance(data, TaskData) else load_task_data(data, **_data_options(cfg))
+    _check_validation_split(task, cfg)
     torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
     unknown = sorted(set(cfg.task_weights) - set(task.tasks))
     if unknown:
@@ -127,7 +139,8 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     src = prepare_source(src, cfg, task)
 
     started = time.perf_counter()
-    checkpoints = Path(out) / "checkpoints" if out is not None else None
+    out = outdir.path if outdir is not None else None
+    checkpoints = out / "checkpoints" if out is not None else None
     model, trainer = train_target(task, src, cfg, verbose=verbose, checkpoint_dir=checkpoints, run_dir=out)
     train_seconds = time.perf_counter() - started
     proba = predict_proba(model, src, task.test.examples, task.task_name, batch_size=cfg.batch_size * 2)
@@ -157,10 +170,20 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     classes = {name: list(c) for name, c in task.tasks.items()}
     run = Run(model, src, classes, _run_config(src, cfg, classes), metrics)
     trainer.tracking.finish(metrics)
-    if out is not None and trainer.is_main_process:
-        save_run(run, Path(out), history=trainer.history, transfer=entries_as_dicts(entries))
-        shutil.rmtree(checkpoints, ignore_errors=True)  # they exist to survive a crash; the run is saved now
+    if outdir is not None and trainer.is_main_process:  # the checkpoints go with the folder this replaces
+        publish_run(run, outdir, history=trainer.history, transfer=entries_as_dicts(entries))
     return run
+
+
+def _check_validation_split(task: TaskData, cfg: FitConfig) -> None:
+    """Options that choose on the validation split need one."""
+    if len(task.val):
+        return
+    for name, on in (("wise_ft", cfg.wise_ft), ("patience", cfg.patience)):
+        if on:
+            raise ConfigError(f"`--{name.replace('_', '-')}` chooses on the validation split, which is empty "
+                              f"({len(task.train)} train examples in {len(task.classes)} classes); add examples "
+                              f"(or a `val/` folder) or leave `--{name.replace('_', '-')}` out.")
 
 
 def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
@@ -292,7 +315,7 @@ def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: st
 
 
 def soup(runs: list[str | Path], data: str | Path | TaskData, out: str | Path | None = None,
-         greedy: bool = True) -> Run:
+         greedy: bool = True, overwrite: bool = False) -> Run:
     """Averages the weights of several runs fine-tuned from one source (a model soup).
 
     Args:
@@ -302,11 +325,23 @@ def soup(runs: list[str | Path], data: str | Path | TaskData, out: str | Path | 
         out: Run directory for the soup; nothing is written if None.
         greedy: Greedy soup (add ingredients best-first while validation accuracy does not
             drop) rather than the uniform average of every run.
+        overwrite: Replace an earlier run at ``out``.
     """
-    from transferkit.merging import greedy_soup, uniform_soup
-
     if len(runs) < 2:
         raise ConfigError(f"A soup needs at least two runs; got {len(runs)}.")
+    inputs = [*runs, *([] if isinstance(data, TaskData) else [data])]
+    outdir = None if out is None else OutputDir.claim(out, "run", inputs=inputs, overwrite=overwrite,
+                                                      lock=is_main_process())
+    try:
+        return _soup(runs, data, outdir, greedy)
+    finally:
+        if outdir is not None:
+            outdir.release()
+
+
+def _soup(runs: list[str | Path], data: str | Path | TaskData, outdir: OutputDir | None, greedy: bool) -> Run:
+    from transferkit.merging import greedy_soup, uniform_soup
+
     loaded = [load_run(r) for r in runs]
     first = loaded[0]
     for run in loaded[1:]:
@@ -333,28 +368,42 @@ def soup(runs: list[str | Path], data: str | Path | TaskData, out: str | Path | 
     first.metrics = {**first.metrics, "soup": {"kind": "greedy" if greedy else "uniform", "used": used,
                                                 "ingredient_test_accuracy": ingredients},
                      **_prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
-    if out is not None and is_main_process():
+    if outdir is not None and is_main_process():
         history = read_json(first.directory / "history.json") if (first.directory / "history.json").is_file() else []
-        save_run(first, Path(out), history=history)
+        publish_run(first, outdir, history=history)
     return first
 
 
 # -- run directories ---------------------------------------------------------------------------
 
 
-def save_run(run: Run, out: Path, history: list[dict] | None = None, transfer: list[dict] | None = None) -> None:
-    """Writes ``model.safetensors``, ``config.json``, ``metrics.json``, history, transfer map and report."""
+def save_run(run: Run, out: Path, history: list[dict] | None = None, transfer: list[dict] | None = None,
+             overwrite: bool = False) -> None:
+    """Writes ``run`` as a run directory at ``out``, whole or not at all (see ``transferkit.outdir``).
+
+    ``out`` may be new, empty or an earlier run (replaced only with ``overwrite``).
+    """
+    with OutputDir.claim(out, "run", overwrite=overwrite) as outdir:
+        publish_run(run, outdir, history, transfer)
+
+
+def publish_run(run: Run, outdir: OutputDir, history: list[dict] | None = None,
+                transfer: list[dict] | None = None) -> None:
+    """Writes ``model.safetensors``, ``config.json``, ``metrics.json``, history, transfer map and report
+    into a claimed folder, in one swap."""
     from transferkit.evaluation.report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    run.source.save_spec(out / "source")
-    save_weights(run.model.state_dict(), out / "model.safetensors", metadata={"format": "transferkit-run"})
-    write_json(out / "config.json", run.config)
-    write_json(out / "metrics.json", run.metrics)
-    write_json(out / "history.json", history or [])
-    write_json(out / "transfer_map.json", transfer or [])
-    run.directory = out
-    write_report(out)
+    def write(folder: Path) -> None:
+        run.source.save_spec(folder / "source")
+        save_weights(run.model.state_dict(), folder / "model.safetensors", metadata={"format": "transferkit-run"})
+        write_json(folder / "config.json", run.config)
+        write_json(folder / "metrics.json", run.metrics)
+        write_json(folder / "history.json", history or [])
+        write_json(folder / "transfer_map.json", transfer or [])
+        write_report(folder, shown_as=outdir.path)
+
+    outdir.publish(write)
+    run.directory = outdir.path
 
 
 def load_run(directory: str | Path, load_weights: bool = True) -> Run:

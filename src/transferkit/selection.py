@@ -45,6 +45,7 @@ import torch
 from transferkit.config import FitConfig
 from transferkit.data.base import TaskData
 from transferkit.errors import ConfigError, DataError
+from transferkit.outdir import OutputDir
 from transferkit.sources.base import RANDOM_SUFFIX, SourceModel
 
 #: The score ``--source auto`` ranks by, chosen from the measurements in docs/BENCHMARKS.md
@@ -210,22 +211,33 @@ def markdown_table(rows: list[dict], scores: Sequence[str] | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_ranking(rows: list[dict], out_dir: str | os.PathLike, *, title: str | None = None) -> dict[str, Path]:
-    """Writes ``ranking.json`` (one row per source), ``ranking.md`` and ``ranking.png``.
+def write_ranking(rows: list[dict], out_dir: str | os.PathLike | OutputDir, *, title: str | None = None
+                  ) -> dict[str, Path]:
+    """Writes ``ranking.json`` (one row per source), ``ranking.md`` and ``ranking.png``, in one swap.
+
+    Args:
+        rows: The ranking, best first.
+        out_dir: The folder, or one already claimed with ``OutputDir.claim(path, "ranking")``.
+        title: The heading of the table and the chart.
 
     Returns:
         The written paths by kind: ``{"json", "markdown", "png"}``.
     """
+    if not isinstance(out_dir, OutputDir):
+        with OutputDir.claim(out_dir, "ranking") as claimed:
+            return write_ranking(rows, claimed, title=title)
     from transferkit._io import write_json
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "ranking.json", "markdown": out / "ranking.md", "png": out / "ranking.png"}
-    write_json(paths["json"], rows)
-    heading = f"# {title}\n\n" if title else "# Source ranking\n\n"
-    paths["markdown"].write_text(heading + markdown_table(rows))
-    plot_ranking(rows, paths["png"], title=title)
-    return paths
+    names = {"json": "ranking.json", "markdown": "ranking.md", "png": "ranking.png"}
+
+    def write(folder: Path) -> None:
+        write_json(folder / names["json"], rows)
+        heading = f"# {title}\n\n" if title else "# Source ranking\n\n"
+        (folder / names["markdown"]).write_text(heading + markdown_table(rows))
+        plot_ranking(rows, folder / names["png"], title=title)
+
+    out_dir.publish(write)
+    return {kind: out_dir.path / name for kind, name in names.items()}
 
 
 def plot_ranking(rows: list[dict], path: str | os.PathLike, *, title: str | None = None) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferkit._io import default_mode
 from transferkit.errors import UnsafeFileError
 
 FORMAT, VERSION = "transferkit-checkpoint", 1
@@ -122,6 +123,7 @@ def write_checkpoint(directory: Path, position: Position, tensors: dict[str, dic
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{position.name}-", dir=directory))
     try:
+        os.chmod(tmp, default_mode(0o777))  # mkdtemp makes 0700; a colleague may read the run
         manifest = {}
         for stem, group in tensors.items():
             data = save(_unshared(group), metadata={"format": FORMAT})

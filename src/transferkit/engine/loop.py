@@ -41,7 +41,7 @@ from transferkit.engine.data import EpochSampler, SeededExamples
 from transferkit.engine.launch import make_accelerator
 from transferkit.engine.precision import resolve_precision
 from transferkit.errors import ConfigError, NonFiniteLossError
-from transferkit.features import extract_features
+from transferkit.features import examples_fingerprint, extract_features
 from transferkit.sources.base import SourceModel
 from transferkit.sources.inputs import ExampleDataset, input_pipeline
 from transferkit.surgery.freezing import count_trainable
@@ -151,7 +151,9 @@ class Trainer:
             "config": {k: v for k, v in config.to_dict().items() if k not in RESUME_MAY_CHANGE},
             "processes": self.accelerator.num_processes, "source": source.id,
             "train_examples": len(task.train), "val_examples": len(task.val),
-            "labels": _labels_hash(train_labels, val_labels)})
+            "labels": _labels_hash(train_labels, val_labels),
+            # path, size and modification time of each file (content of texts): edited data is another run
+            "examples": examples_fingerprint([*task.train.examples, *task.val.examples])})
         if self.checkpoint_dir is not None:
             self._open_checkpoints(resume)
         elif resume:
@@ -409,8 +411,9 @@ class Trainer:
         diffs = []
         for key in sorted(set(old) | set(new)):
             if key != "config":
-                if old.get(key, missing) != new.get(key, missing):
-                    diffs.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+                if key in old and old[key] != new.get(key, missing):  # (a key added since is not compared)
+                    diffs.append("the data's files changed (a size or modification time differs)" if key == "examples"
+                                 else f"{key} {old.get(key)!r} -> {new.get(key)!r}")
                 continue
             a, b = old.get("config", {}), new["config"]
             for name in sorted(set(a) | set(b)):

@@ -28,10 +28,16 @@ from transferkit._io import read_json
 SCORE_NAMES = ("logme", "leep", "nce", "regularized_hscore", "hscore", "knn", "linear", "score")
 
 
-def write_report(run_dir: Path) -> Path:
-    """Writes ``report.md`` and ``report.html`` in ``run_dir``; returns the path of ``report.md``."""
+def write_report(run_dir: Path, shown_as: Path | None = None) -> Path:
+    """Writes ``report.md`` and ``report.html`` in ``run_dir``; returns the path of ``report.md``.
+
+    ``shown_as`` is the run directory's name in the report when ``run_dir`` is where it is being
+    written before it moves there.
+    """
     run_dir = Path(run_dir)
     ctx = load_context(run_dir)
+    if shown_as is not None:
+        ctx["run_dir"] = Path(shown_as)
     path = run_dir / "report.md"
     path.write_text("\n".join(markdown_report(ctx["config"], ctx["metrics"], ctx)) + "\n")
     (run_dir / "report.html").write_text(html_report(ctx))
@@ -569,31 +575,22 @@ def _cost_html(metrics: dict) -> str:
 
 
 def _reproduce_html(config: dict, metrics: dict) -> str:
-    fit, src, data = config["fit"], config["source"], metrics.get("data", {})
-    command = f"transferkit fit {data.get('origin', 'DATA')} --source {src['id']} " + " ".join(_changed_flags(fit))
+    fit, data = config["fit"], metrics.get("data", {})
+    command = reproduce_command(config, data.get("origin", "DATA"))
     versions = ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items())
     options = "".join(f"<tr><td><code>{_e(k)}</code></td><td>{_e(json.dumps(v))}</td></tr>" for k, v in fit.items())
     return (f"<p><code>{_e(command.strip())}</code></p><p class='note'>{_e(versions)}</p>"
             f"<details><summary>Every option</summary><table>{options}</table></details>")
 
 
-def _changed_flags(fit: dict) -> list[str]:
-    """CLI flags for the options that differ from ``FitConfig``'s defaults."""
-    from transferkit.config import FitConfig
+def reproduce_command(config: dict, data: str = "DATA") -> str:
+    """The ``transferkit fit`` command that rebuilds a run's options (``config.json``'s ``fit``)."""
+    import shlex
 
-    defaults = FitConfig().to_dict()
-    flags = []
-    for key, value in fit.items():
-        if key not in defaults or defaults[key] == value:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{key.replace('_', '-')}")
-        elif isinstance(value, list):
-            flags += [f"{flag} {v}" for v in value]
-        elif value is not None:
-            flags.append(f"{flag} {value}")
-    return flags
+    from transferkit.config import cli_args
+
+    return shlex.join(["transferkit", "fit", str(data), "--source", config["source"]["id"],
+                       *cli_args(config["fit"])])
 
 
 def _figure(png: bytes | None, caption: str) -> str:
