@@ -86,7 +86,7 @@ class ExportResult:
 def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResult:  # noqa: A002 (CLI name)
     """Exports the run in ``run_dir`` as ``format`` (``hf``, ``torchvision``, ``timm``, ``onnx``) into ``out``."""
     from transferkit.outdir import OutputDir
-    from transferkit.pipeline import load_run
+    from transferkit.pipeline import load_run, read_run_config
 
     if format not in FORMATS:
         import difflib
@@ -95,7 +95,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResul
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ExportError(f"`--format` must be one of {', '.join(FORMATS)}; got {format!r}.{hint}")
     run_dir, out = Path(run_dir), Path(out)
-    config = _read_config(run_dir)
+    config = read_run_config(run_dir)
     _check_compatible(config, format)  # fails fast, before any model is built
     with OutputDir.claim(out, "export", inputs=[run_dir]) as outdir:
         run = load_run(run_dir)
@@ -115,16 +115,6 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResul
 
 
 # -- compatibility checks (config only) ------------------------------------------------------------
-
-
-def _read_config(run_dir: Path) -> dict:
-    from transferkit._io import read_json
-    from transferkit.errors import ConfigError
-
-    if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a transferkit run directory (no config.json). "
-                          "Pass the `--out` directory of `transferkit fit`.")
-    return read_json(run_dir / "config.json")
 
 
 def _check_compatible(config: dict, format: str) -> None:  # noqa: A002

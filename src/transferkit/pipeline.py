@@ -22,7 +22,7 @@ from transferkit._io import load_weights, read_json, save_weights, write_json
 from transferkit.config import FitConfig
 from transferkit.data import TaskData, load_task_data
 from transferkit.engine import is_main_process
-from transferkit.errors import ConfigError, DataError
+from transferkit.errors import ConfigError, DataError, UnsafeFileError
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.features import estimate_batchnorm_statistics
 from transferkit.outdir import OutputDir
@@ -79,6 +79,10 @@ class Run:
                 f"To train a new head for these classes on this run's shared layers, run "
                 f"`transferkit fit DATA --source {where}` (the head is re-initialised; nothing is loaded into it).")
         s = task.splits()[split]
+        if not len(s):
+            raise DataError(f"The {split} split of {str(data) if not isinstance(data, TaskData) else 'the data'!r} "
+                            f"is empty, so there is nothing to evaluate; pass `--split` with a split that has "
+                            f"examples ({', '.join(f'{n}: {len(x)}' for n, x in task.splits().items())}).")
         return classification_metrics(s.labels, self.predict_proba(s.examples).argmax(1), task.classes)
 
     def as_source(self) -> SourceModel:
@@ -225,6 +229,10 @@ def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceMo
         src.preprocessing.image_size = cfg.image_size
     estimate_batchnorm_statistics(src, task.train.examples, cfg.batch_size)
     if cfg.max_length and src.modality == "text":
+        limit = _token_limit(src)
+        if limit is not None and cfg.max_length > limit:
+            raise ConfigError(f"`--max-length` {cfg.max_length} is more tokens than source {src.id!r} reads "
+                              f"({limit} positions); pass at most `--max-length {limit}`.")
         src.preprocessing.max_length = cfg.max_length
     if cfg.pooling and src.modality == "text" and "pooling" in src.spec:
         src.backbone.pooling = cfg.pooling
@@ -233,6 +241,14 @@ def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceMo
         pipe = input_pipeline(src)
         src = cut_source(src, cfg.cut_at, pipe.collate([pipe.load(x) for x in task.train.examples[:2]]))
     return src
+
+
+def _token_limit(src: SourceModel) -> int | None:
+    """The most tokens a text source reads: its tokenizer's limit or its position embeddings, if known."""
+    limits = [getattr(src.tokenizer, "model_max_length", None)]
+    limits += [getattr(getattr(m, "config", None), "max_position_embeddings", None) for m in src.backbone.modules()]
+    known = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]  # tokenizers say 1e30 for "none"
+    return min(known) if known else None
 
 
 def _mix_initialisation(model: TargetModel, src: SourceModel, cfg: FitConfig, task: TaskData) -> None:
@@ -409,17 +425,14 @@ def publish_run(run: Run, outdir: OutputDir, history: list[dict] | None = None,
 def load_run(directory: str | Path, load_weights: bool = True) -> Run:
     """Reloads a run directory written by ``fit`` (weights from safetensors only)."""
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise ConfigError(f"{str(directory)!r} is not a transferkit run directory (no config.json). "
-                          "Pass the `--out` directory of `transferkit fit`.")
-    config = read_json(directory / "config.json")
+    config = read_run_config(directory)
     src = build_from_spec(config["source"]["spec"], directory / "source")
     src.preprocessing = Preprocessing.from_dict(config["source"]["preprocessing"])
     src.id = config["source"]["id"]
     for key in ("weights", "license", "architecture"):
         setattr(src, key, config["source"].get(key, ""))
     fit_cfg = FitConfig.from_dict(config["fit"])
-    main = config.get("main_task", DEFAULT_TASK)
+    main = config["main_task"]
     classes = {main: config["classes"][main], **config["classes"]}  # JSON keys are sorted: main first again
     tasks = {t: len(c) for t, c in classes.items()}
     model = build_target_model(src, tasks, fit_cfg.head_hidden, fit_cfg.head_dropout)
@@ -429,6 +442,47 @@ def load_run(directory: str | Path, load_weights: bool = True) -> Run:
     model.eval()
     metrics = read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
     return Run(model, src, classes, config, metrics, directory)
+
+
+def read_run_config(directory: Path) -> dict:
+    """A run directory's ``config.json``, checked before any of it reaches a model library.
+
+    The ``fit`` options get the same type and range checks as ``transferkit fit``; ``source``
+    (its ``spec`` and ``preprocessing`` are checked where they are used), ``classes`` and
+    ``main_task`` are checked here. A run written before ``main_task`` existed gets the default task.
+
+    Raises:
+        ConfigError: Not a run directory, or an option out of range.
+        UnsafeFileError: The file is not what ``fit`` writes.
+    """
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(directory)!r} is not a transferkit run directory (no config.json). "
+                          "Pass the `--out` directory of `transferkit fit`.")
+    config = read_json(path)
+
+    def bad(what: str) -> UnsafeFileError:
+        return UnsafeFileError(f"{str(path)!r} is not a transferkit run config: {what}. Use a run directory as "
+                               "`transferkit fit` wrote it (or run `fit` again).")
+
+    if not isinstance(config, dict):
+        raise bad(f"it holds a {type(config).__name__}, not an object")
+    for key in ("source", "classes", "fit"):
+        if not isinstance(config.get(key), dict):
+            raise bad(f"`{key}` is missing or not an object")
+    source = config["source"]
+    if not isinstance(source.get("id"), str) or not isinstance(source.get("spec"), dict) or \
+            not isinstance(source.get("preprocessing"), dict):
+        raise bad("`source` needs `id` (text), `spec` and `preprocessing` (objects)")
+    for task, names in config["classes"].items():
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+                and len(set(names)) == len(names)):
+            raise bad(f"`classes.{task}` must be a non-empty list of distinct class names")
+    config.setdefault("main_task", DEFAULT_TASK)
+    if config["main_task"] not in config["classes"]:
+        raise bad(f"`main_task` {config['main_task']!r} is none of its tasks {sorted(config['classes'])}")
+    FitConfig.from_dict(config["fit"], origin=repr(str(path)))
+    return config
 
 
 def _load_state(model: TargetModel, path: Path) -> None:
