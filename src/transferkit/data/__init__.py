@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transferkit.data.audio import KNOWN_AUDIO, load_audio_folder, open_audio
 from transferkit.data.base import MODALITIES, Split, TaskData
-from transferkit.data.image import IMAGE_EXTENSIONS, load_image_folder, open_image
+from transferkit.data.image import IMAGE_EXTENSIONS, KNOWN_IMAGE, folder_error, load_image_folder, open_image
 from transferkit.data.sequence import SEQUENCE_EXTENSIONS, is_sequence_table, load_sequence_data
 from transferkit.data.splits import check_fractions
 from transferkit.data.text import TEXT_EXTENSIONS, load_text_table
@@ -35,10 +35,12 @@ def detect_modality(path: str | os.PathLike, *, text_column: str = "text", label
     A table file is a sequence table when :func:`transferkit.data.sequence.is_sequence_table`
     says so (no text column, and a ``values`` column or only numbers outside the label and
     split columns), else a text table; a folder takes the modality of the first image, audio or
-    ``.npy`` file met (names starting with ``.`` are skipped).
+    ``.npy`` file met (names starting with ``.`` are skipped; image and audio files in formats
+    that cannot be decoded here count, so the loader names them with the fix).
 
     Raises:
-        DataError: The path does not exist or holds nothing transferkit can read.
+        DataError: The path does not exist, holds nothing transferkit can read, or has a
+            folder that cannot be listed.
     """
     p = Path(path)
     supported = (f"a folder of class subfolders holding images ({', '.join(sorted(IMAGE_EXTENSIONS))}), "
@@ -52,11 +54,14 @@ def detect_modality(path: str | os.PathLike, *, text_column: str = "text", label
                                          split_column=split_column)
             return "sequence" if sequence else "text"
         raise DataError(f"`path` {str(path)!r} is not a supported data file; expected {supported}.")
-    for folder, dirs, files in os.walk(p):
+    def unreadable(error: OSError) -> None:
+        raise folder_error(error.filename, error)
+
+    for folder, dirs, files in os.walk(p, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(f for f in files if not f.startswith(".")):
             suffix = Path(name).suffix.lower()
-            if suffix in IMAGE_EXTENSIONS:
+            if suffix in KNOWN_IMAGE:  # undecodable formats too, so preflight names them
                 return "image"
             if suffix in AUDIO_EXTENSIONS:
                 return "audio"

@@ -42,7 +42,7 @@ import numpy as np
 
 from transferkit.data.base import TaskData
 from transferkit.data.checks import ProblemLog, check_classes, check_files
-from transferkit.data.image import _entries, _link_problem, _split_layout
+from transferkit.data.image import _entries, _is_dir, _link_problem, _split_layout
 from transferkit.data.splits import group_by_split, make_splits
 from transferkit.errors import DataError
 
@@ -218,7 +218,7 @@ def scan_class_folders(root: Path, log: ProblemLog, extensions: frozenset[str], 
             return True
         reason = _link_problem(Path(entry.path), root_real)
         if reason:
-            log.bad(rel(Path(entry.path)) + ("/" if entry.is_dir() else ""), reason)
+            log.bad(rel(Path(entry.path)) + ("/" if _is_dir(entry) else ""), reason)
         return reason is None
 
     def files_under(class_dir: Path) -> list[Path]:
@@ -231,7 +231,7 @@ def scan_class_folders(root: Path, log: ProblemLog, extensions: frozenset[str], 
             for e in _entries(folder):
                 if not allowed(e):
                     continue
-                if e.is_dir():
+                if _is_dir(e):
                     stack.append(Path(e.path))
                 elif Path(e.name).suffix.lower() in recognised:
                     found.append(Path(e.path))
@@ -244,7 +244,7 @@ def scan_class_folders(root: Path, log: ProblemLog, extensions: frozenset[str], 
         for e in _entries(folder):
             if not allowed(e):
                 continue
-            if not e.is_dir():
+            if not _is_dir(e):
                 if Path(e.name).suffix.lower() in recognised:
                     log.bad(rel(Path(e.path)), f"{unit} outside any class folder; move it into root/<class>/")
                 continue

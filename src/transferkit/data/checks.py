@@ -62,11 +62,14 @@ class ProblemLog:
     Args:
         origin: The data folder or table, named in the error message.
         skip_bad: Leave bad items out instead of raising for them.
+        described: How the message names what was checked, instead of ``repr(origin)``
+            (e.g. "the inputs of `transferkit predict`").
     """
 
-    def __init__(self, origin: str, *, skip_bad: bool = False):
+    def __init__(self, origin: str, *, skip_bad: bool = False, described: str | None = None):
         self.origin = origin
         self.skip_bad = skip_bad
+        self.described = described or repr(origin)
         self.problems: list[Problem] = []
 
     def bad(self, where: str, reason: str) -> None:
@@ -106,7 +109,7 @@ class ProblemLog:
 
     def _message(self, fix: str) -> str:
         n = len(self.problems)
-        head = f"Preflight found {n} problem{'s' if n != 1 else ''} in {self.origin!r}:"
+        head = f"Preflight found {n} problem{'s' if n != 1 else ''} in {self.described}:"
         lines = [head] + [p.line() for p in self.problems[:MAX_SHOWN]]
         if n > MAX_SHOWN:
             lines.append(f"  ... and {n - MAX_SHOWN} more")

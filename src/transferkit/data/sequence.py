@@ -51,7 +51,7 @@ from transferkit.data.base import TaskData
 from transferkit.data.checks import ProblemLog, check_classes
 from transferkit.data.splits import group_by_split, make_splits
 from transferkit.data.tables import TABLE_EXTENSIONS, read_table
-from transferkit.data.text import SPLIT_VALUES, _label, sort_classes
+from transferkit.data.text import SPLIT_VALUES, _label, label_names, sort_classes
 from transferkit.errors import DataError
 
 SEQUENCE_EXTENSIONS = frozenset({".npy"})
@@ -184,6 +184,15 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
         return _read_npy(Path(path))
     except _SeriesError as e:
         raise DataError(f"Cannot read series {str(path)!r}: {e}. Fix or remove the file.") from None
+
+
+def series_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as one series (see :func:`read_npy`), or None when it can."""
+    try:
+        _read_npy(path)
+    except _SeriesError as e:
+        return str(e)
+    return None
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -327,6 +336,7 @@ def _load_table(path: Path, *, label_column: str, split_column: str, val_fractio
                            "or one column per time step")
     log.stop_if_structural(_FIX_ROWS)
 
+    df[label_column] = label_names(df[label_column])  # "1" and "1.0" are one class
     has_split = split_column in df.columns
     series: dict[str, np.ndarray] = {}
     meta: dict[str, tuple[str, str]] = {}

@@ -159,7 +159,7 @@ def read_table(path: Path, log: ProblemLog) -> tuple[pd.DataFrame, set]:
         The frame, and the row numbers already reported as bad that the frame still holds.
 
     Raises:
-        DataError: A Parquet file that cannot be read.
+        DataError: The file cannot be read (permissions, a damaged Parquet file).
     """
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -169,7 +169,11 @@ def read_table(path: Path, log: ProblemLog) -> tuple[pd.DataFrame, set]:
             raise DataError(f"Cannot read Parquet file {str(path)!r}: {e}") from None
         df.index = np.arange(1, len(df) + 1)
         return df, set()
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        why = "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e)).lower()
+        raise DataError(f"Cannot read table {str(path)!r}: {why}. Check the file and its permissions.") from None
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode Text" and friends
         log.structural("", "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8 "
                            "(in Excel: CSV UTF-8)")

@@ -4,6 +4,11 @@ A text column and a label column are required (names configurable). When the spl
 exists, its values ``train``, ``val`` (or ``validation``, ``valid``, ``dev``) and ``test`` are
 kept, and a missing val or test split is cut from train. Reading, and the row numbering used
 in problem reports, is in :mod:`transferkit.data.tables`.
+
+Labels: when every label of a column is a number, whole numbers are written as integers, so
+``1``, ``1.0`` and ``+1`` are one class ``"1"`` (a CSV exported from a float column says
+``1.0``); a column holding any other text keeps every label as written. Texts that are empty,
+or exactly a missing-value marker (``NA``, ``N/A``, ``None``, ``null``, ``NaN``, ...), are bad rows.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import os
 import re
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,9 @@ TEXT_EXTENSIONS = TABLE_EXTENSIONS
 SPLIT_VALUES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "dev": "val",
                 "test": "test"}
 _INT = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+#: Cells that spreadsheets and pandas write for a missing value; never a text to learn from.
+MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "#N/A", "NaN", "nan", "None", "NULL", "null", "<NA>"})
 _FIX = "fix or remove these rows"
 
 
@@ -45,8 +54,32 @@ def _label(value: object) -> str | None:
     return None
 
 
-def _text_problem(value: object) -> str | None:
+def label_names(values: pd.Series) -> pd.Series:
+    """The class name of every label in a column (None where missing), same index.
+
+    When every present label is a number, whole numbers become integer text (``"1.0"``,
+    ``"+1"``, ``1.0`` -> ``"1"``); otherwise the labels stay as written (stripped).
+    """
+    names = pd.Series([_label(v) for v in values], index=values.index, dtype=object)
+    present = [n for n in names if n is not None]
+    if present and all(_NUMBER.fullmatch(n) for n in present):
+        names = pd.Series([n if n is None else _whole(n) for n in names], index=values.index, dtype=object)
+    return names
+
+
+def _whole(number: str) -> str:
+    """``"1.0"`` -> ``"1"``; a number with a fraction stays as written."""
+    d = Decimal(number)
+    if d.adjusted() > 40:  # "1e999999" would make a huge integer; such a label stays as written
+        return number
+    return str(int(d)) if d == d.to_integral_value() else number
+
+
+def text_problem(value: object) -> str | None:
+    """Why a table cell cannot be a text (empty, a missing-value marker, not a string), or None."""
     if isinstance(value, str):
+        if value.strip() in MISSING_MARKERS:
+            return f"missing text ({value.strip()!r} marks a missing value)"
         return None if value.strip() else "empty text"
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "empty text"
@@ -81,7 +114,7 @@ def _check_rows(index, texts, labels, splits, flagged: set, log: ProblemLog,
         name = _label(label)
         part = SPLIT_VALUES.get(split.strip().lower()) if isinstance(split, str) else None
         missing_extra = next((f"missing label in column {c!r}" for c, col in extra.items() if not _label(col[row])), None)
-        reason = _text_problem(text) or (None if name else "missing label") or missing_extra
+        reason = text_problem(text) or (None if name else "missing label") or missing_extra
         if not reason and not part:
             reason = (f"unknown split value {split!r} (expected train, val/validation/valid/dev "
                       "or test)")
@@ -141,6 +174,8 @@ def load_text_table(
     _missing_columns(df, wanted, path, log)
     log.stop_if_structural(_FIX)
 
+    for c in label_columns:
+        df[c] = label_names(df[c])
     has_split = split_column in df.columns
     split_values = df[split_column] if has_split else ["train"] * len(df)
     rows = _check_rows(df.index, df[text_column], df[label_column], split_values, flagged, log,
