@@ -152,7 +152,7 @@ def _run_source_cli(tmp, marker, ctx):
 
 
 def _load_run(tmp, marker, ctx):
-    from transferkit.pipeline import load_run
+    from transferkit.runs import load_run
 
     load_run(_hostile_run(tmp, ctx, marker))
 

@@ -72,6 +72,8 @@ def read_json(path: Path) -> dict:
         raise UnsafeFileError(f"Expected JSON file {str(path)!r} is missing.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UnsafeFileError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UnsafeFileError(f"{str(path)!r} nests too deeply to be a transferkit or model JSON file.") from None
 
 
 def atomic_write(path: Path, write) -> None:

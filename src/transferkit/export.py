@@ -86,7 +86,7 @@ class ExportResult:
 def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResult:  # noqa: A002 (CLI name)
     """Exports the run in ``run_dir`` as ``format`` (``hf``, ``torchvision``, ``timm``, ``onnx``) into ``out``."""
     from transferkit.outdir import OutputDir
-    from transferkit.pipeline import load_run, read_run_config
+    from transferkit.runs import load_run, read_run_config
 
     if format not in FORMATS:
         import difflib
@@ -331,8 +331,8 @@ def _check_hf(run, out: Path) -> float:
 
     texts = sample_texts(run.source.tokenizer)
     with _hf_quiet():
-        tokenizer = AutoTokenizer.from_pretrained(out)
-        model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+        tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=False).eval()
     enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     theirs = model(**enc).logits.float()
     ours = _run_logits(run, texts)

