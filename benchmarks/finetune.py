@@ -67,7 +67,7 @@ def main() -> None:
     from transferkit.data import load_task_data
     from transferkit.engine import loop as engine_loop
     from transferkit.engine.data import EpochSampler, SeededExamples
-    from transferkit.pipeline import prepare_source, train_target
+    from transferkit.training import prepare_source, train_target
     from transferkit.sources import input_pipeline, load_source
     from transferkit.sources.inputs import ExampleDataset
     from transferkit.surgery import build_target_model

@@ -50,7 +50,8 @@ def main() -> None:
     from _data import fashion_mnist_folder
     from transferkit.config import FitConfig
     from transferkit.data import load_task_data
-    from transferkit.pipeline import predict_proba, train_target
+    from transferkit.runs import predict_proba
+    from transferkit.training import train_target
     from transferkit.sources import input_pipeline, load_source
 
     per_class = args.per_class or (20 if args.quick else 30)

@@ -36,7 +36,7 @@ def child(strategy: str, workload: str, quick: bool, threads: int) -> None:
     from _data import fashion_mnist_folder, spam_table
     from transferkit.config import FitConfig
     from transferkit.data import load_task_data
-    from transferkit.pipeline import train_target
+    from transferkit.training import train_target
     from transferkit.sources import load_source
 
     if workload == "image":

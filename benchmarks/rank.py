@@ -189,7 +189,8 @@ def scorer_cost(args) -> dict:
 def agreement(args, root: Path) -> dict:
     from transferkit.config import FitConfig
     from transferkit.evaluation.metrics import classification_metrics
-    from transferkit.pipeline import predict_proba, train_target
+    from transferkit.runs import predict_proba
+    from transferkit.training import train_target
     from transferkit.selection import default_candidates
 
     ids = default_candidates("image")

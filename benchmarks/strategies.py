@@ -58,7 +58,8 @@ def main() -> None:
     from _data import fashion_mnist_folder
     from transferkit.config import FitConfig
     from transferkit.data import load_task_data
-    from transferkit.pipeline import predict_proba, train_target
+    from transferkit.runs import predict_proba
+    from transferkit.training import train_target
     from transferkit.sources import load_source
 
     seeds = list(range(args.seeds or (1 if args.quick else 3)))

@@ -67,7 +67,9 @@ def main() -> None:
     from transferkit.config import FitConfig
     from transferkit.data import load_task_data
     from transferkit.evaluation.baseline import tfidf_baseline
-    from transferkit.pipeline import fit, predict_proba, train_target
+    from transferkit.pipeline import fit
+    from transferkit.runs import predict_proba
+    from transferkit.training import train_target
     from transferkit.sources import load_source
 
     seeds = list(range(args.seeds or (2 if args.quick else 3)))

@@ -197,7 +197,7 @@ def test_evaluating_a_3_class_run_on_2_classes_says_so_and_offers_a_new_head(fol
 
 
 def test_same_count_other_names_is_refused_too(folders, three_class_run, tmp_path):
-    from transferkit.pipeline import load_run
+    from transferkit.runs import load_run
 
     write_image_folder(tmp_path / "other", {"ant": 4, "bee": 4, "cow": 4}, size=32)
     with pytest.raises(DataError, match=r"differ from the run's \['cat', 'dog', 'fox'\] \(its head `label` predicts "
@@ -220,7 +220,7 @@ def test_a_run_as_source_gets_a_fresh_head_sized_for_the_target(three_class_run,
 
 def test_weights_of_a_3_class_run_in_a_2_class_run_directory_are_never_partly_loaded(three_class_run, transferred_run,
                                                                                      tmp_path):
-    from transferkit.pipeline import load_run
+    from transferkit.runs import load_run
 
     mixed = tmp_path / "mixed"
     shutil.copytree(transferred_run, mixed)

@@ -80,9 +80,9 @@ def case_disk_full_in_a_checkpoint(world, tmp_path, monkeypatch):
 
 
 def case_disk_full_at_the_final_save(world, tmp_path, monkeypatch):
-    import transferkit.pipeline as pipeline
+    import transferkit.runs as runs
 
-    monkeypatch.setattr(pipeline, "save_weights", full_disk)
+    monkeypatch.setattr(runs, "save_weights", full_disk)
     return ["fit", str(world / "data"), "--out", str(tmp_path / "out"), *QUICK], "No space left on device"
 
 

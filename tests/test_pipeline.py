@@ -40,7 +40,7 @@ def test_random_init_source_gets_batchnorm_statistics_from_the_train_split(image
     from transferkit.config import FitConfig
     from transferkit.data import load_task_data
     from transferkit.features import examples_fingerprint
-    from transferkit.pipeline import prepare_source
+    from transferkit.training import prepare_source
     from transferkit.sources import load_source
     from transferkit.sources.base import batchnorm_layers
 

@@ -129,10 +129,10 @@ def test_a_failed_write_keeps_the_old_csv_and_is_one_line(image_run, tmp_path, m
 
 
 def test_output_that_is_a_folder_is_refused_before_the_model_loads(image_run, tmp_path, monkeypatch):
-    import transferkit.pipeline
+    import transferkit.runs
 
     run, data = image_run
-    monkeypatch.setattr(transferkit.pipeline, "load_run", lambda *a, **k: pytest.fail("the run was loaded"))
+    monkeypatch.setattr(transferkit.runs, "load_run", lambda *a, **k: pytest.fail("the run was loaded"))
     (tmp_path / "folder").mkdir()
     message = _fails(["predict", run, data / "-b", "--output", tmp_path / "folder"])
     assert message == (f"`--output` {str(tmp_path / 'folder')!r} is a folder; name a CSV file to write, "
@@ -267,7 +267,7 @@ def test_an_empty_literal_text_is_a_bad_input(text_run, tmp_path):
 
 
 def test_expand_inputs_in_python_returns_what_it_skipped(text_run, tmp_path):
-    from transferkit.pipeline import load_run
+    from transferkit.runs import load_run
     from transferkit.predict import expand_inputs
 
     run = load_run(text_run)

@@ -153,7 +153,7 @@ def test_successive_halving_schedule_and_tau(task, monkeypatch):
     """Five candidates, eta 2: 5 -> 3 -> 2 -> 1, epochs doubling; tau from scipy on round 1."""
     from scipy.stats import kendalltau
 
-    import transferkit.pipeline as pipeline
+    import transferkit.training as training
 
     ids = [f"timm:test_{n}@random" for n in ("efficientnet", "vit", "resnet", "convnext", "byobnet")]
     fake_scores = {s: float(-i) for i, s in enumerate(ids)}  # ranked in list order
@@ -173,8 +173,8 @@ def test_successive_halving_schedule_and_tau(task, monkeypatch):
         return None, FakeTrainer(src.id, cfg.epochs)
 
     monkeypatch.setattr("transferkit.selection.rank_sources", fake_rank)
-    monkeypatch.setattr(pipeline, "train_target", fake_train)
-    monkeypatch.setattr(pipeline, "prepare_source", lambda src, cfg, task: src)
+    monkeypatch.setattr(training, "train_target", fake_train)
+    monkeypatch.setattr(training, "prepare_source", lambda src, cfg, task: src)
     monkeypatch.setattr("transferkit.sources.load_source", lambda i: type("S", (), {"id": i, "modality": "image"})())
     cfg = FitConfig(epochs=8, probe_epochs=40)
     torch.manual_seed(123)

@@ -20,7 +20,8 @@ from test_bad_images import cli
 from transferkit.data.synthetic import write_image_folder
 from transferkit.errors import ConfigError
 from transferkit.outdir import LOCK, MARKER, OutputDir
-from transferkit.pipeline import fit, load_run, save_run, soup
+from transferkit.pipeline import fit, soup
+from transferkit.runs import load_run, save_run
 
 QUICK = [*(f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "baseline"), "--no-baseline", "--quiet",
          "--source", TINY_IMAGE_SOURCE]
@@ -181,11 +182,11 @@ KILLER = textwrap.dedent("""
     torch.set_num_threads(1)
     import transferkit.evaluation.report as report
     import transferkit.outdir as outdir
-    import transferkit.pipeline as pipeline
+    import transferkit.runs as runs
     from transferkit.sources.base import SourceModel
 
     old, new, work, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    run = pipeline.load_run(new)
+    run = runs.load_run(new)
     calls, kill_at = [0], [-1]
 
     def counted(fn):
@@ -196,7 +197,7 @@ KILLER = textwrap.dedent("""
             return fn(*args, **kwargs)
         return wrapper
 
-    for module, name in [(pipeline, "save_weights"), (pipeline, "write_json"), (outdir, "_write_marker"),
+    for module, name in [(runs, "save_weights"), (runs, "write_json"), (outdir, "_write_marker"),
                          (outdir, "_exchange"), (outdir, "_retire"), (report, "write_report")]:
         setattr(module, name, counted(getattr(module, name)))
     SourceModel.save_spec = counted(SourceModel.save_spec)
@@ -207,7 +208,7 @@ KILLER = textwrap.dedent("""
         child = os.fork()
         if child == 0:
             calls[0], kill_at[0] = 0, point
-            pipeline.save_run(run, target, overwrite=True)
+            runs.save_run(run, target, overwrite=True)
             os._exit(0 if calls[0] == steps else 3)
         results[point] = [os.waitpid(child, 0)[1], target]
     print(json.dumps(results))

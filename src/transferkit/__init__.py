@@ -1,6 +1,6 @@
 """transferkit: choose a pretrained source, adapt it to your task, train, and evaluate honestly."""
 
-__version__ = "0.1.0"
+from transferkit._version import __version__
 
 __all__ = ["FitConfig", "Run", "TaskData", "fit", "load_run", "load_source", "load_task_data", "__version__"]
 

@@ -167,7 +167,7 @@ def predict(
     """Predict labels and class probabilities; writes a CSV."""
     import time
 
-    from transferkit.pipeline import load_run
+    from transferkit.runs import load_run
     from transferkit.predict import check_output, expand_inputs, write_predictions
 
     check_output(output)  # before the model loads
@@ -192,7 +192,7 @@ def evaluate(
 ) -> None:
     """Evaluate a run on a split of a dataset."""
     from transferkit.errors import ConfigError
-    from transferkit.pipeline import load_run
+    from transferkit.runs import load_run
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"`--split` must be train, val or test; got {split!r}.")

@@ -337,7 +337,7 @@ def select_source(
 def _select(task, candidates, cfg, top_k, score, short_epochs, eta, cache_dir, verbose, started) -> tuple[str, dict]:
     from scipy.stats import kendalltau
 
-    from transferkit.pipeline import prepare_source, train_target
+    from transferkit.training import prepare_source, train_target
 
     candidates = list(dict.fromkeys(candidates or default_candidates(task.modality)))
     if not candidates:

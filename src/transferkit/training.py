@@ -1,0 +1,182 @@
+"""Training one target: prepare a source once, build the target model, train it with a strategy.
+
+Around the strategy: ``init_mix`` blends the shared layers with a fresh initialisation before
+training, ``wise_ft`` chooses an interpolation between the starting and the fine-tuned shared
+layers on validation afterwards, and ``run_baseline`` trains the no-transfer baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from transferkit.config import FitConfig
+from transferkit.data import TaskData
+from transferkit.errors import ConfigError
+from transferkit.evaluation.metrics import classification_metrics
+from transferkit.features import estimate_batchnorm_statistics
+from transferkit.runs import predict_proba
+from transferkit.sources import SourceModel, build_from_spec, input_pipeline
+from transferkit.sources.base import mark_stale_statistics
+from transferkit.strategies import get_strategy
+from transferkit.surgery import TargetModel, build_target_model
+from transferkit.surgery.cut import cut_source, reinit_groups
+
+
+def check_validation_split(task: TaskData, cfg: FitConfig) -> None:
+    """Options that choose on the validation split need one."""
+    if len(task.val):
+        return
+    for name, on in (("wise_ft", cfg.wise_ft), ("patience", cfg.patience)):
+        if on:
+            raise ConfigError(f"`--{name.replace('_', '-')}` chooses on the validation split, which is empty "
+                              f"({len(task.train)} train examples in {len(task.classes)} classes); add examples "
+                              f"(or a `val/` folder) or leave `--{name.replace('_', '-')}` out.")
+
+
+def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceModel:
+    """Applies the options that change the source itself: input size, tokens, pooling, ``cut_at``;
+    a random-init source gets BatchNorm statistics from the train split.
+
+    Call it once per source and run (``train_target`` does; ``fit`` calls it, then ``train_prepared``).
+    """
+    if cfg.image_size and src.modality == "image":
+        src.preprocessing.image_size = cfg.image_size
+    estimate_batchnorm_statistics(src, task.train.examples, cfg.batch_size)
+    if cfg.max_length and src.modality == "text":
+        limit = _token_limit(src)
+        if limit is not None and cfg.max_length > limit:
+            raise ConfigError(f"`--max-length` {cfg.max_length} is more tokens than source {src.id!r} reads "
+                              f"({limit} positions); pass at most `--max-length {limit}`.")
+        src.preprocessing.max_length = cfg.max_length
+    if cfg.pooling and src.modality == "text" and "pooling" in src.spec:
+        src.backbone.pooling = cfg.pooling
+        src.spec = {**src.spec, "pooling": cfg.pooling}
+    if cfg.cut_at and "cut_at" not in src.spec:
+        pipe = input_pipeline(src)
+        src = cut_source(src, cfg.cut_at, pipe.collate([pipe.load(x) for x in task.train.examples[:2]]))
+    return src
+
+
+def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
+                 checkpoint_dir: Path | None = None, run_dir: str | Path | None = None):
+    """Prepares ``src`` for ``cfg`` (``prepare_source``) and trains a target model on it; returns (model, trainer)."""
+    return train_prepared(task, prepare_source(src, cfg, task), cfg, verbose=verbose, checkpoint_dir=checkpoint_dir,
+                          run_dir=run_dir)
+
+
+def train_prepared(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
+                   checkpoint_dir: Path | None = None, run_dir: str | Path | None = None):
+    """Builds the target model on a prepared ``src`` and trains it with ``cfg.strategy``; returns (model, trainer).
+
+    Around the strategy: ``init_mix`` blends the shared layers with a fresh initialisation
+    before training, and ``wise_ft`` chooses an interpolation between the starting and the
+    fine-tuned shared layers on validation afterwards (a final ``wise_ft`` row in ``trainer.stages``).
+    """
+    from transferkit.engine import Trainer
+
+    torch.manual_seed(cfg.seed)
+    model = build_target_model(src, {name: len(c) for name, c in task.tasks.items()}, cfg.head_hidden, cfg.head_dropout)
+    if cfg.init_mix:
+        _mix_initialisation(model, src, cfg, task)
+    if cfg.reinit:
+        reinit_groups(model, cfg.reinit)
+    strategy = get_strategy(cfg.strategy)(cfg)
+    model = strategy.prepare(model)
+    start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if cfg.wise_ft else None
+    trainer = Trainer(cfg, task, src, verbose=verbose, task_weights=cfg.task_weights,
+                      checkpoint_dir=checkpoint_dir, resume=cfg.resume, run_dir=run_dir)
+    strategy.train(model, trainer)
+    if cfg.wise_ft:
+        _choose_wise_ft(model, start, trainer, strategy.wise_ft_keys(start))
+    model.eval()
+    return model, trainer
+
+
+def _token_limit(src: SourceModel) -> int | None:
+    """The most tokens a text source reads: its tokenizer's limit or its position embeddings, if known."""
+    limits = [getattr(src.tokenizer, "model_max_length", None)]
+    limits += [getattr(getattr(m, "config", None), "max_position_embeddings", None) for m in src.backbone.modules()]
+    known = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]  # tokenizers say 1e30 for "none"
+    return min(known) if known else None
+
+
+def _mix_initialisation(model: TargetModel, src: SourceModel, cfg: FitConfig, task: TaskData) -> None:
+    """Shared layers become ``(1 - init_mix) * source + init_mix * fresh`` (fresh = seeded random init).
+
+    Blended BatchNorm statistics describe neither network (a linear probe on the blend stayed at
+    chance even at init_mix 0.1), so they are estimated again on the train split.
+    """
+    from transferkit.merging import mix_init
+
+    fresh = fresh_network(src).backbone.state_dict()
+    model.backbone.load_state_dict(mix_init(model.backbone.state_dict(), fresh, cfg.init_mix))
+    mark_stale_statistics(src)  # src.backbone is model.backbone
+    estimate_batchnorm_statistics(src, task.train.examples, cfg.batch_size)
+
+
+def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str]) -> None:
+    """WiSE-FT: sweeps alpha between the starting and fine-tuned shared layers, keeps the best on val."""
+    from transferkit.merging import wise_ft
+
+    started = time.perf_counter()
+    finetuned = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    loader = torch.utils.data.DataLoader(trainer.val_set, batch_size=trainer.config.batch_size * 2,
+                                         collate_fn=trainer.val_set.collate)
+
+    def val_accuracy(state: dict) -> float:
+        model.backbone.load_state_dict(state)
+        return trainer.evaluate(model, loader)[1]
+
+    result = wise_ft(start, finetuned, val_accuracy, keys=keys)
+    model.backbone.load_state_dict(result.state_dict)
+    trainer.stages.append({"stage": "wise_ft", "epochs_run": 0, "best_epoch": 0, "best_val_accuracy": result.best_score,
+                           "trainable_parameters": 0, "seconds": time.perf_counter() - started,
+                           "examples_per_second": len(result.curve) * len(trainer.val_set) / (time.perf_counter() - started),
+                           "alpha": result.best_alpha, "curve": [list(point) for point in result.curve]})
+
+
+def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
+                 checkpoint_dir: Path | None = None) -> dict:
+    """The no-transfer baseline with the same budget, as ``baseline_*`` metrics.
+
+    Text: TF-IDF + logistic regression. Other modalities: the source's architecture from random
+    initialisation, every layer trained for ``epochs`` epochs at ``baseline_lr``.
+    """
+    started = time.perf_counter()
+    if task.modality == "text":
+        from transferkit.evaluation.baseline import tfidf_baseline
+
+        proba, info = tfidf_baseline(task, cfg.seed)
+    else:
+        torch.manual_seed(cfg.seed)
+        scratch = fresh_network(src)  # train_target estimates its BatchNorm statistics, as for any @random source
+        base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, freeze=[], init_mix=0.0,
+                                       wise_ft=False, reinit=[], report_to=[])
+        model, _ = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir)
+        proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
+        info = {"baseline": f"{src.architecture or src.id} from random init, strategy full, "
+                            f"{cfg.epochs} epochs, lr {cfg.baseline_lr:g}"}
+    m = classification_metrics(task.test.labels, proba.argmax(1), task.classes)
+    return {**info, "baseline_seconds": time.perf_counter() - started, **prefixed(m, "baseline_test_")}
+
+
+def fresh_network(src: SourceModel) -> SourceModel:
+    """``src``'s architecture with a fresh random initialisation (the current torch seed), same preprocessing.
+
+    Its BatchNorm statistics are marked stale: whoever uses it estimates them on the target.
+    """
+    with tempfile.TemporaryDirectory(prefix="transferkit-spec-") as spec_dir:
+        src.save_spec(Path(spec_dir))  # specs that need files (transformers configs) read them here
+        fresh = build_from_spec(src.spec, Path(spec_dir))
+    mark_stale_statistics(fresh)
+    fresh.preprocessing = dataclasses.replace(src.preprocessing)
+    return fresh
+
+
+def prefixed(metrics: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in metrics.items()}
