@@ -606,9 +606,9 @@ if st is not None:
     @pytest.fixture(scope="module")
     def hostile_dir(tmp_path_factory):
         """A ``file:`` checkpoint (any bytes; reading it is forbidden) and a run's ``source/hf`` folder."""
-        from transferkit.sources.base import _import_all
+        from transferkit.sources.base import SCHEMES
 
-        _import_all()  # import every library before the patches go on
+        SCHEMES.discover()  # import every library before the patches go on
         d = tmp_path_factory.mktemp("hostile")
         (d / "m.safetensors").write_bytes(b"not read")
         (d / "source" / "hf").mkdir(parents=True)

@@ -25,7 +25,7 @@ from transferkit.errors import ConfigError, DataError, UnsafeFileError
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.outdir import OutputDir
 from transferkit.sources import SourceModel, build_from_spec, input_pipeline
-from transferkit.sources.base import Preprocessing
+from transferkit.sources.base import SCHEMES, Preprocessing
 from transferkit.sources.inputs import ExampleDataset
 from transferkit.strategies import get_strategy
 from transferkit.surgery import DEFAULT_TASK, TargetModel, build_target_model
@@ -145,6 +145,16 @@ def load_run(directory: str | Path, load_weights: bool = True) -> Run:
     model.eval()
     metrics = read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
     return Run(model, src, classes, config, metrics, directory)
+
+
+@SCHEMES.register("run")
+def load_run_source(name: str, pretrained: bool) -> SourceModel:
+    """``run:<dir>``: a run's shared layers as a source, its trained head as the source head (for
+    LEEP/NCE), so a model trained on a source task transfers to a target task."""
+    run = load_run(Path(name).expanduser(), load_weights=pretrained)
+    source = run.as_source()
+    source.weights = f"transferkit run {name}" if pretrained else "random init"
+    return source
 
 
 def read_run_config(directory: Path) -> dict:

@@ -444,9 +444,8 @@ def check_splits(splits) -> list[str]:
 
 def check_source_ids(ids: list[str]) -> None:
     """Fails fast on unknown short names and schemes (before any model is loaded)."""
-    from transferkit.sources.base import PACKAGED, SCHEMES, _import_all, load_source
+    from transferkit.sources import PACKAGED, SCHEMES, load_source
 
-    _import_all()
     for source_id in ids:
         name = source_id.strip().removesuffix(RANDOM_SUFFIX) if isinstance(source_id, str) else source_id
         if not isinstance(name, str) or not name or (":" in name and name.split(":", 1)[0] not in SCHEMES) \

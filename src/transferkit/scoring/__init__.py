@@ -16,12 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from transferkit.errors import ConfigError
-from transferkit.scoring import hscore, knn, leep, linear, logme, nce, regularized_hscore
 from transferkit.scoring.base import SCORERS, Scorer
 
 __all__ = ["SCORERS", "Scorer", "get_scorer", "list_scorers"]
-
-del hscore, knn, leep, linear, logme, nce, regularized_hscore  # imported to register
 
 
 def get_scorer(name: str, **params: Any) -> Scorer:

@@ -18,7 +18,7 @@ from transferkit._registry import Registry
 from transferkit.errors import ConfigError, DataError, NotFittedError
 
 #: Every scorer class, by name (``transferkit scorers`` lists them).
-SCORERS: Registry[type[Scorer]] = Registry("scorer", help_command="scorers")
+SCORERS: Registry[type[Scorer]] = Registry("scorer", help_command="scorers", plugins=("transferkit.scoring",))
 
 #: How far a probability row's sum may be from 1 (float16/float32 softmax outputs drift).
 PROB_SUM_ATOL = 1e-3

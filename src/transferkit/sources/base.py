@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from transferkit._registry import Registry
-from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.errors import ConfigError
 from transferkit.sources.schema import (
     NAME_PATTERN,
     Field,
@@ -205,13 +205,15 @@ def batchnorm_statistic_names(module: nn.Module) -> set[str]:
 
 #: Loaders by id scheme: ``timm:``, ``torchvision:``, ``hf:``, ``st:``, ``file:``, ``run:``.
 #: Each loader is ``f(name, pretrained: bool) -> SourceModel``.
-SCHEMES: Registry[Callable[..., SourceModel]] = Registry("source scheme", help_command="sources")
+SCHEMES: Registry[Callable[..., SourceModel]] = Registry("source scheme", help_command="sources",
+                                                         plugins=("transferkit.sources", "transferkit.runs"))
 #: Offline packaged sources by short name: ``(SourceInfo, loader(pretrained) -> SourceModel)``.
 PACKAGED: Registry[tuple[SourceInfo, Callable[[bool], SourceModel]]] = Registry(
-    "source", help_command="sources"
+    "source", help_command="sources", plugins=("transferkit.sources",)
 )
 #: Architecture builders by spec ``loader``: ``f(spec, base_dir) -> SourceModel`` (random weights).
-SPEC_BUILDERS: Registry[Callable[[dict, Path], SourceModel]] = Registry("source spec loader")
+SPEC_BUILDERS: Registry[Callable[[dict, Path], SourceModel]] = Registry("source spec loader",
+                                                                       plugins=("transferkit.sources",))
 #: The schema of each loader's spec (besides ``loader``, ``cut_at`` and ``cut_feature_dim``), checked
 #: by ``build_from_spec`` before the builder runs. A loader without one takes no other keys.
 SPEC_FIELDS: dict[str, dict[str, Field]] = {}
@@ -225,112 +227,12 @@ COMMON_SPEC_FIELDS = {
 RANDOM_SUFFIX = "@random"
 
 
-def load_source(source_id: str) -> SourceModel:
-    """Loads a source by id: a short name (``mobilenet_v2``) or ``scheme:name``.
-
-    Appending ``@random`` (``mobilenet_v2@random``) gives the same architecture with random
-    weights, a negative control for source ranking and the no-transfer baseline.
-    """
-    _import_all()
-    if not isinstance(source_id, str) or not source_id.strip():
-        raise ConfigError(f"`source` must be a source id such as 'mobilenet_v2'; got {source_id!r}.")
-    name = source_id.strip()
-    pretrained = True
-    if name.endswith(RANDOM_SUFFIX):
-        name, pretrained = name[: -len(RANDOM_SUFFIX)], False
-    if name in PACKAGED:
-        source = PACKAGED.get(name)[1](pretrained)
-    elif ":" in name:
-        scheme, rest = name.split(":", 1)
-        if scheme not in SCHEMES:
-            raise UnknownNameError(
-                f"Unknown source scheme {scheme + ':'!r} in {source_id!r}. "
-                f"Use one of {', '.join(s + ':' for s in SCHEMES)} or a short name; "
-                "see `transferkit sources`."
-            )
-        source = SCHEMES.get(scheme)(rest, pretrained)
-    else:
-        raise UnknownNameError(PACKAGED.unknown_message(name).replace(
-            "See", "Hub models need a scheme, e.g. 'timm:resnet18' or 'hf:bert-base-uncased'. See"
-        ))
-    source.id = source_id.strip()
-    if source.weights == "random init":
-        mark_stale_statistics(source)
-    return source
-
-
 def mark_stale_statistics(source: SourceModel) -> None:
     """Records that the BatchNorm statistics of ``source`` (if it has BatchNorm layers) do not
     describe its weights (random init, blended weights) until ``features.estimate_batchnorm_statistics``
     replaces them."""
     source.stale_statistics = bool(batchnorm_layers(source.backbone))
 
-
-def source_modality(source_id: str) -> str | None:
-    """The modality of a packaged source id without loading it; None when only loading can tell."""
-    _import_all()
-    name = source_id.strip().removesuffix(RANDOM_SUFFIX)
-    return PACKAGED.get(name)[0].modality if name in PACKAGED else None
-
-
-def build_from_spec(spec: dict, base_dir: Path, where: str | None = None) -> SourceModel:
-    """Rebuilds a source architecture (random weights) from a saved spec.
-
-    The spec comes from a run's ``config.json``, which anyone may have written: it is checked
-    against ``COMMON_SPEC_FIELDS`` and the loader's ``SPEC_FIELDS`` (types, then ranges) before
-    any library builds anything.
-
-    Args:
-        spec: The decoded ``source.spec`` object.
-        base_dir: The folder holding the files the spec names (a run's ``source/``).
-        where: The file the spec comes from, for messages (default: the run's ``config.json``
-            when ``base_dir`` is a run's ``source/`` folder).
-
-    Raises:
-        ConfigError: The spec is not an object, names an unknown loader, or a key is unknown,
-            of the wrong type or out of range.
-        UnsafeFileError: A key that would make a library load files or run code.
-    """
-    _import_all()
-    base_dir = Path(base_dir)
-    prefix = "source.spec."
-    if where is None:
-        run_config = base_dir.parent / "config.json"
-        if base_dir.name == "source" and run_config.is_file():
-            where = repr(str(run_config))
-        else:
-            where, prefix = f"the model config in {str(base_dir)!r}", "spec."
-    if not isinstance(spec, dict):
-        raise ConfigError(f"`{prefix.rstrip('.')}` in {where} must be a JSON object naming the architecture; "
-                          f"got {type(spec).__name__}. Use the run directory as written by `transferkit fit`.")
-    loader = spec.get("loader")
-    if not isinstance(loader, str) or loader not in SPEC_BUILDERS:
-        raise ConfigError(
-            f"`{prefix}loader` in {where} names an unknown architecture loader "
-            f"{str(loader)[:80]!r}; known: {', '.join(SPEC_BUILDERS)}. Was it written by a newer transferkit?"
-        )
-    spec = check_mapping(spec, {**COMMON_SPEC_FIELDS, **SPEC_FIELDS.get(loader, {})}, where, prefix=prefix)
-    if ("cut_at" in spec) != ("cut_feature_dim" in spec):
-        raise ConfigError(f"`{prefix}cut_at` and `{prefix}cut_feature_dim` in {where} go together (a cut "
-                          "records both); write the run again with `transferkit fit --cut-at`.")
-    source = SPEC_BUILDERS.get(loader)(spec, base_dir)
-    if "cut_at" in spec:  # layer surgery is part of the architecture
-        from transferkit.surgery.cut import cut_source
-
-        source = cut_source(source, spec["cut_at"], feature_dim=spec["cut_feature_dim"])
-    return source
-
-
-def list_sources() -> list[SourceInfo]:
-    """Every packaged source, plus one line per id scheme."""
-    _import_all()
-    return [info for info, _ in (PACKAGED.get(n) for n in PACKAGED)]
-
-
-def _import_all() -> None:
-    # Registering modules; each is the only place that imports its library.
-    from transferkit.sources import local, packaged, sentence_transformers, timm, torchvision, transformers  # noqa: F401
-    from transferkit.sources import audio, sequence  # noqa: F401  (after transformers: audio registers into it)
 
 
 # --- layer groups ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Sources from the user's own files: ``file:<checkpoint.safetensors>`` and ``run:<run dir>``.
+"""Sources from the user's own files: ``file:<checkpoint.safetensors>``.
 
 ``file:`` reads a safetensors checkpoint and a JSON file beside it (same stem, ``.json``) that
 names the architecture::
@@ -12,9 +12,7 @@ runs: unknown keys, wrong types and out-of-range values are errors, and ``model_
 only the harmless options in ``timm.MODEL_KWARGS`` (``checkpoint_path``, ``pretrained``, ... are
 refused, since they make timm read files other than the safetensors checkpoint).
 
-``run:`` turns a transferkit run directory into a source: its shared layers and its trained
-head (which then acts as the source head, for LEEP/NCE), so a model trained on a source task
-transfers to a target task.
+(``run:``, a transferkit run directory as a source, is registered by ``transferkit.runs``.)
 """
 
 from __future__ import annotations
@@ -91,14 +89,4 @@ def load_file_source(name: str, pretrained: bool) -> SourceModel:
         source.preprocessing = dataclasses.replace(
             source.preprocessing, **{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})
     source.weights = str(path) if pretrained else "random init"
-    return source
-
-
-@SCHEMES.register("run")
-def load_run_source(name: str, pretrained: bool) -> SourceModel:
-    from transferkit.pipeline import load_run
-
-    run = load_run(Path(name).expanduser(), load_weights=pretrained)
-    source = run.as_source()
-    source.weights = f"transferkit run {name}" if pretrained else "random init"
     return source

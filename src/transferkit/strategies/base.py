@@ -54,7 +54,8 @@ class Strategy:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr or self.config.lr}]
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy", help_command="strategies")
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", help_command="strategies",
+                                                plugins=("transferkit.strategies",))
 
 
 def register(name: str):
