@@ -111,6 +111,19 @@ def test_wise_ft_records_alpha_and_curve(image_folder, tmp_path):
     assert run.metrics["wise_ft_alpha"] == metrics["wise_ft_alpha"]
 
 
+def test_wise_ft_per_group_chooses_an_alpha_per_layer_group(image_folder, tmp_path):
+    run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=tmp_path / "g", verbose=False,
+              **{**FAST, "wise_ft": True, "wise_ft_per_group": True})
+    alphas = run.metrics["wise_ft_group_alphas"]
+    groups = [g.name for g in run.source.layer_groups]
+    assert len(alphas) >= 2 and set(alphas) <= set(groups)
+    assert all(a in [i / 10 for i in range(11)] for a in alphas.values())
+    # the global sweep comes first and is what the curve shows; the per-group search can only improve on it
+    assert [a for a, _ in run.metrics["wise_ft_curve"]] == pytest.approx([i / 10 for i in range(11)])
+    wise = next(s for s in run.metrics["stages"] if s["stage"] == "wise_ft")
+    assert wise["best_val_accuracy"] >= max(acc for _, acc in run.metrics["wise_ft_curve"])
+
+
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_init_mix_endpoints(image_folder, beta):
     """β = 0 starts from the source exactly; β = 1 from a fresh random initialisation."""

@@ -122,6 +122,8 @@ class FitConfig:
     init_mix: float = option(0.0, low=0.0, high=1.0, group="Strategy",
                              help="Mixed init: (1-β)·source + β·fresh for the shared layers.")
     wise_ft: bool = option(False, group="Strategy", help="Choose a WiSE-FT interpolation α on validation.")
+    wise_ft_per_group: bool = option(False, group="Strategy",
+                                     help="With --wise-ft: one α per layer group (greedy search on validation).")
     num_workers: int = option(0, low=0, high=256, group="Resume and scale", help="DataLoader worker processes.")
     text_column: str = option("text", group="Data", help="Text column of a table.")
     label_column: str = option("label", group="Data", help="Label column of a table; 'a,b' trains one head per column.")
@@ -144,6 +146,8 @@ class FitConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f.name, getattr(self, f.name), _hints()[f.name], f.metadata)
+        if self.wise_ft_per_group and not self.wise_ft:
+            raise ConfigError("`--wise-ft-per-group` chooses WiSE-FT's α per layer group; add `--wise-ft`.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -363,7 +363,8 @@ def wise_ft(zero_shot: StateDict, finetuned: StateDict,
 def wise_ft_per_group(zero_shot: StateDict, finetuned: StateDict,
                       evaluate: Callable[[dict[str, torch.Tensor]], float],
                       groups: Mapping[str, str | Sequence[str]],
-                      alphas: Iterable[float] = DEFAULT_ALPHAS) -> WiseFTGroupResult:
+                      alphas: Iterable[float] = DEFAULT_ALPHAS,
+                      keys: Iterable[str] | None = None) -> WiseFTGroupResult:
     """WiSE-FT with one alpha per layer group, found by greedy coordinate search.
 
     First every tensor shares one alpha and the best global alpha is found as in
@@ -378,6 +379,7 @@ def wise_ft_per_group(zero_shot: StateDict, finetuned: StateDict,
         groups: Group name -> one key prefix or a list of them (exact key names work too).
             A tensor matched by prefixes of several groups follows the longest prefix.
         alphas: The grid tried for the global alpha and for each group.
+        keys: If given, only these tensors are interpolated (see ``interpolate``).
 
     Returns:
         The per-group alphas, the default alpha, the final score, every evaluation and the
@@ -401,7 +403,7 @@ def wise_ft_per_group(zero_shot: StateDict, finetuned: StateDict,
         return table
 
     def score(assign: dict[str, float], default: float) -> float:
-        merged = _interpolate(zero_shot, finetuned, mapping(assign, default), None,
+        merged = _interpolate(zero_shot, finetuned, mapping(assign, default), keys,
                               alpha_name="alpha", names=names, hint=_WISE_HINT)
         value = float(evaluate(merged))
         curve.append((dict(assign), value))
@@ -416,7 +418,7 @@ def wise_ft_per_group(zero_shot: StateDict, finetuned: StateDict,
             if a != assign[group]:
                 tried.append((a, score({**assign, group: a}, default)))
         assign[group], best = max(tried, key=lambda c: (_rank(c[1]), c[0]))
-    state_dict = _interpolate(zero_shot, finetuned, mapping(assign, default), None,
+    state_dict = _interpolate(zero_shot, finetuned, mapping(assign, default), keys,
                               alpha_name="alpha", names=names, hint=_WISE_HINT)
     return WiseFTGroupResult(assign, default, best, curve, state_dict)
 

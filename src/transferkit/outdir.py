@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from transferkit._io import default_mode
+from transferkit._version import __version__
 from transferkit.errors import ConfigError
 
 MARKER = ".transferkit.json"
@@ -241,8 +242,6 @@ def _take_lock(path: Path) -> IO:
 
 
 def _write_marker(folder: Path, kind: str, *, complete: bool, files: list[str] | None = None) -> None:
-    from transferkit import __version__
-
     text = json.dumps({"format": "transferkit-folder", "kind": kind, "complete": complete, "files": files or [],
                        "transferkit_version": __version__}, indent=1) + "\n"
     tmp = folder / f"{MARKER}.tmp"

@@ -94,6 +94,8 @@ def _fit(data: str | Path | TaskData, source: str, cfg: FitConfig, outdir: Outpu
         metrics["selection"] = selection
     for stage in (s for s in trainer.stages if s["stage"] == "wise_ft"):
         metrics.update({"wise_ft_alpha": stage["alpha"], "wise_ft_curve": stage["curve"]})
+        if "group_alphas" in stage:
+            metrics["wise_ft_group_alphas"] = stage["group_alphas"]
     origin = "random" if src.weights == "random init" else ("mixed" if cfg.init_mix else "source")
     entries = transfer_map(model, origin, fresh_groups=cfg.reinit)
     metrics.update({

@@ -32,7 +32,6 @@ are ``@random`` copies, whose BatchNorm statistics come from the train split
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -472,11 +471,3 @@ def _fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def rows_from_json(path: str | os.PathLike) -> list[dict]:
-    """Reads a ``ranking.json`` written by :func:`write_ranking`."""
-    rows = json.loads(Path(path).read_text())
-    if not isinstance(rows, list):
-        raise DataError(f"{str(path)!r} is not a ranking.json (expected a list of rows).")
-    return rows

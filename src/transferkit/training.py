@@ -92,7 +92,8 @@ def train_prepared(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bo
                       checkpoint_dir=checkpoint_dir, resume=cfg.resume, run_dir=run_dir)
     strategy.train(model, trainer)
     if cfg.wise_ft:
-        _choose_wise_ft(model, start, trainer, strategy.wise_ft_keys(start))
+        _choose_wise_ft(model, start, trainer, strategy.wise_ft_keys(start),
+                        _wise_ft_groups(src, start) if cfg.wise_ft_per_group else None)
     model.eval()
     return model, trainer
 
@@ -119,9 +120,23 @@ def _mix_initialisation(model: TargetModel, src: SourceModel, cfg: FitConfig, ta
     estimate_batchnorm_statistics(src, task.train.examples, cfg.batch_size)
 
 
-def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str]) -> None:
-    """WiSE-FT: sweeps alpha between the starting and fine-tuned shared layers, keeps the best on val."""
-    from transferkit.merging import wise_ft
+def _wise_ft_groups(src: SourceModel, state: dict) -> dict[str, list[str]]:
+    """The source's layer groups as key prefixes of its modules (their buffers follow their weights)."""
+    groups, taken = {}, set()
+    for group in src.layer_groups:
+        prefixes = sorted({name.rsplit(".", 1)[0] + "." if "." in name else name for name in group.params} - taken)
+        prefixes = [p for p in prefixes if any(k.startswith(p) for k in state)]
+        if prefixes:
+            groups[group.name] = prefixes
+            taken.update(prefixes)
+    return groups
+
+
+def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str],
+                    groups: dict[str, list[str]] | None = None) -> None:
+    """WiSE-FT: sweeps alpha between the starting and fine-tuned shared layers, keeps the best on val
+    (one alpha for all, or with ``groups`` one per layer group)."""
+    from transferkit.merging import wise_ft, wise_ft_per_group
 
     started = time.perf_counter()
     finetuned = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
@@ -132,12 +147,20 @@ def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str]) -
         model.backbone.load_state_dict(state)
         return trainer.evaluate(model, loader)[1]
 
-    result = wise_ft(start, finetuned, val_accuracy, keys=keys)
+    if groups:
+        result = wise_ft_per_group(start, finetuned, val_accuracy, groups, keys=keys)
+        alpha, evaluations = result.default_alpha, len(result.curve)
+        curve = [[next(iter(a.values())), score] for a, score in result.curve if len(set(a.values())) == 1]
+        chosen = {"group_alphas": result.alphas}
+    else:
+        result = wise_ft(start, finetuned, val_accuracy, keys=keys)
+        alpha, evaluations, curve, chosen = result.best_alpha, len(result.curve), [list(p) for p in result.curve], {}
     model.backbone.load_state_dict(result.state_dict)
+    seconds = time.perf_counter() - started
     trainer.stages.append({"stage": "wise_ft", "epochs_run": 0, "best_epoch": 0, "best_val_accuracy": result.best_score,
-                           "trainable_parameters": 0, "seconds": time.perf_counter() - started,
-                           "examples_per_second": len(result.curve) * len(trainer.val_set) / (time.perf_counter() - started),
-                           "alpha": result.best_alpha, "curve": [list(point) for point in result.curve]})
+                           "trainable_parameters": 0, "seconds": seconds,
+                           "examples_per_second": evaluations * len(trainer.val_set) / seconds,
+                           "alpha": alpha, "curve": curve, **chosen})
 
 
 def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,

@@ -45,9 +45,5 @@ def freeze_matching(model: TargetModel, patterns: list[str]) -> int:
     return frozen
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
