@@ -4,7 +4,7 @@ Protocols (all offline; data = scikit-learn digits written as 64 px PNGs, 10 cla
 
 1. **Speed** (default). In one run, on the same sources, images (the train split) and batch
    size: the *floor* is a bare ``torch.inference_mode`` loop of each source's backbone over
-   already-preprocessed tensors; *rank* is ``transferkit.selection.rank_sources`` end to end
+   already-preprocessed tensors; *rank* is ``transferkit.ranking.rank_sources`` end to end
    (decode each PNG once, each source's transform, forward, head softmax, LogME, cache write)
    with a fresh cache; *cached* is the same call again (cache read + LogME). Rounds alternate
    floor / rank / cached so machine noise hits all three alike; we report medians and
@@ -48,7 +48,7 @@ from transferkit.data import load_task_data
 from transferkit.data.synthetic import write_image_folder
 from transferkit.features import with_image_size
 from transferkit.scoring import SCORERS, get_scorer
-from transferkit.selection import rank_sources
+from transferkit.ranking import rank_sources
 from transferkit.sources import input_pipeline, load_source
 
 
@@ -191,7 +191,7 @@ def agreement(args, root: Path) -> dict:
     from transferkit.evaluation.metrics import classification_metrics
     from transferkit.runs import predict_proba
     from transferkit.training import train_target
-    from transferkit.selection import default_candidates
+    from transferkit.ranking import default_candidates
 
     ids = default_candidates("image")
     ids = ids + [f"{i}@random" for i in ids]

@@ -16,14 +16,8 @@ from transferkit.data.synthetic import write_image_folder
 from transferkit.errors import ConfigError, UnknownNameError
 from transferkit.features import with_image_size
 from transferkit.scoring import SCORERS
-from transferkit.selection import (
-    DEFAULT_SCORE,
-    default_candidates,
-    markdown_table,
-    rank_sources,
-    select_source,
-    write_ranking,
-)
+from transferkit.ranking import DEFAULT_SCORE, default_candidates, markdown_table, rank_sources, write_ranking
+from transferkit.selection import select_source
 from transferkit.sources import load_source
 
 TINY = ["timm:test_efficientnet@random", "timm:test_vit@random"]

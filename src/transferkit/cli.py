@@ -274,7 +274,7 @@ def rank(
     from transferkit.errors import ConfigError
     from transferkit.outdir import OutputDir
     from transferkit.scoring import get_scorer
-    from transferkit.selection import check_source_ids, check_splits, default_candidates
+    from transferkit.ranking import check_source_ids, check_splits, default_candidates
 
     names = [s.strip() for s in scores.split(",") if s.strip()]
     split_names = check_splits([s.strip() for s in splits.split(",") if s.strip()])
@@ -303,7 +303,7 @@ def _rank_and_show(data: Path, ids: list[str], names: list[str], split_names: li
     from rich.table import Table
 
     from transferkit.data import load_task_data
-    from transferkit.selection import rank_sources, score_names, write_ranking
+    from transferkit.ranking import rank_sources, score_names, write_ranking
 
     task = load_task_data(data, text_column=text_column, label_column=label_column, seed=seed)
     console = Console()
