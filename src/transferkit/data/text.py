@@ -125,6 +125,21 @@ def _check_rows(index, texts, labels, splits, flagged: set, log: ProblemLog,
     return rows
 
 
+def _read_columns(path: Path, log: ProblemLog, text_column: str, label_columns: list[str], split_column: str):
+    """The table and its flagged rows, once every column the options name is there."""
+    df, flagged = read_table(path, log)
+    if len(df.columns) == 0 and not any(not p.skippable for p in log.problems):
+        log.structural("", "no usable rows (every row has a problem)" if log.problems
+                       else "the table is empty")
+    log.stop_if_structural(_FIX)
+    wanted = [("text_column", text_column), *[("label_column", c) for c in label_columns]]
+    if split_column != "split":  # a name the user chose must exist
+        wanted.append(("split_column", split_column))
+    _missing_columns(df, wanted, path, log)
+    log.stop_if_structural(_FIX)
+    return df, flagged
+
+
 def load_text_table(
     path: str | os.PathLike,
     *,
@@ -161,19 +176,9 @@ def load_text_table(
     if not path.is_file():
         raise DataError(f"`path` must be a table file; got {str(path)!r}, which does not exist.")
     log = ProblemLog(str(path), skip_bad=skip_bad)
-    df, flagged = read_table(path, log)
-    if len(df.columns) == 0 and not any(not p.skippable for p in log.problems):
-        log.structural("", "no usable rows (every row has a problem)" if log.problems
-                       else "the table is empty")
-    log.stop_if_structural(_FIX)
     label_columns = [c.strip() for c in label_column.split(",")] if isinstance(label_column, str) else list(label_column)
     label_column, extra_columns = label_columns[0], label_columns[1:]
-    wanted = [("text_column", text_column), *[("label_column", c) for c in label_columns]]
-    if split_column != "split":  # a name the user chose must exist
-        wanted.append(("split_column", split_column))
-    _missing_columns(df, wanted, path, log)
-    log.stop_if_structural(_FIX)
-
+    df, flagged = _read_columns(path, log, text_column, label_columns, split_column)
     for c in label_columns:
         df[c] = label_names(df[c])
     has_split = split_column in df.columns
