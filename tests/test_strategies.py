@@ -20,6 +20,7 @@ from transferkit import fit, load_run
 from transferkit.config import FitConfig
 from transferkit.data import Split, TaskData, load_task_data
 from transferkit.engine import Trainer
+from transferkit.engine.precision import resolve_precision
 from transferkit.errors import ConfigError
 from transferkit.sources import load_source
 from transferkit.sources.base import Preprocessing, SourceModel, layer_groups_from_children
@@ -234,7 +235,7 @@ def test_strategy_trains_exactly_the_intended_parameters(strategy, kind, seed, m
 @pytest.mark.parametrize("kind", ["image", "text"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_saved_run_predicts_identically(strategy, kind, image_folder, text_table, bert_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("transferkit.evaluation.report.write_report", lambda run_dir: None)  # tested elsewhere; slow
+    monkeypatch.setattr("transferkit.evaluation.report.write_report", lambda run_dir, **kwargs: None)  # tested elsewhere; slow
     data, source, examples = {
         "image": (image_folder, TINY_IMAGE_SOURCE, sorted(image_folder.rglob("*.png"))[:5]),
         "text": (text_table, f"hf:{bert_dir}", ["win cash prize now", "team lunch meeting notes", "free report"]),
@@ -450,8 +451,13 @@ def test_bss_penalty_and_hook():
 
 
 @pytest.mark.filterwarnings("ignore:--precision bf16 is not fast")
-def test_strategies_compose_with_precision_and_accumulation(make):
+@pytest.mark.parametrize("cpu_bf16", ["1", "0"])
+def test_strategies_compose_with_precision_and_accumulation(cpu_bf16, make, monkeypatch):
+    # both sides of the CPU rule on any machine: bf16 autocast (native bf16 CPUs) and the fp32 fallback
+    monkeypatch.setenv("TRANSFERKIT_CPU_BF16", cpu_bf16)
+    expected = resolve_precision("bf16") if torch.cuda.is_available() else {"1": "bf16", "0": "no"}[cpu_bf16]
     for strategy in ("l2sp", "bss", "lora"):
         task, src, cfg = make("text", precision="bf16", grad_accum=2, epochs=2)
         before, model, trainer = train_direct(strategy, task, src, cfg)
+        assert trainer.accelerator.mixed_precision == expected
         assert all(math.isfinite(r["train_loss"]) for r in trainer.history)

@@ -21,6 +21,8 @@ import warnings
 
 import torch
 
+from transferkit.errors import ConfigError
+
 
 def launched_processes() -> int:
     """``WORLD_SIZE`` as set by ``accelerate launch`` / ``torchrun`` (1 without a launcher)."""
@@ -51,9 +53,25 @@ _warned: list[int] = []  # warn once per process, not once per Trainer
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int):
-    """The Accelerator for training; warns when the launcher started fewer processes than asked."""
+    """The Accelerator for training; warns when the launcher started fewer processes than asked.
+
+    A single process may call this again with another ``mixed_precision`` (``fit`` twice in one
+    Python session with different ``precision``): see ``release_precision``.
+
+    Args:
+        mixed_precision: Accelerate's ``mixed_precision`` (``"no"``, ``"bf16"``, ``"fp16"``).
+        grad_accum: Batches per optimiser step.
+
+    Returns:
+        An ``accelerate.Accelerator``.
+
+    Raises:
+        ConfigError: A launched process (``WORLD_SIZE`` > 1) already has an Accelerator with
+            another mixed precision.
+    """
     from accelerate import Accelerator
 
+    release_precision(mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                               cpu=needs_cpu_backend())
     requested = requested_processes()
@@ -66,6 +84,41 @@ def make_accelerator(mixed_precision: str, grad_accum: int):
             f"-m transferkit fit ...` (without GPUs transferkit uses DDP over gloo) or `torchrun "
             f"--nproc_per_node {requested} -m transferkit fit ...`.", stacklevel=3)
     return accelerator
+
+
+def release_precision(mixed_precision: str) -> None:
+    """Lets this process build an Accelerator with another mixed precision than an earlier one.
+
+    Accelerate keeps one ``AcceleratorState`` per process and refuses a second Accelerator with
+    another ``mixed_precision`` ("AcceleratorState has already been initialized"). In a single
+    process without a launcher that state only carries the precision and plugins of the last
+    Accelerator, so it is cleared (``AcceleratorState._reset_state()``); the ``PartialState``
+    (device, process index) is kept. Accelerators made earlier share the state and see the new
+    precision from then on; transferkit is done with them by then (one Trainer per training).
+    Launched processes (``WORLD_SIZE`` > 1, or a distributed ``PartialState``) keep the state,
+    which every process of the group must agree on: there the precision is fixed for the launch.
+
+    Args:
+        mixed_precision: The ``mixed_precision`` of the Accelerator about to be made.
+
+    Raises:
+        ConfigError: In a launched process whose Accelerate state has another mixed precision.
+    """
+    from accelerate.state import AcceleratorState, is_initialized
+    from accelerate.utils import DistributedType
+
+    if not is_initialized():
+        return
+    state = AcceleratorState()
+    current = state.mixed_precision
+    if current == mixed_precision or state.distributed_type == DistributedType.DEEPSPEED:
+        return  # nothing to change (DeepSpeed takes its precision from its own config)
+    if launched_processes() > 1 or state.use_distributed:
+        raise ConfigError(
+            f"This process already trained with mixed precision {current!r}, and a launched process "
+            f"({launched_processes()} processes) cannot switch to {mixed_precision!r}: Accelerate fixes it "
+            f"for the launch. Start a separate launch for the other `--precision`.")
+    AcceleratorState._reset_state()
 
 
 def requested_processes(parent_cmdline: list[str] | None = None, parent_cwd: str | None = None) -> int:
