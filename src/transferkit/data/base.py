@@ -113,6 +113,8 @@ def _example_stamp(example) -> bytes:
             return f"{example}|{st.st_size}|{st.st_mtime_ns}\n".encode()
         except OSError:
             return f"{example}|missing\n".encode()
-    if isinstance(example, np.ndarray):
-        return hashlib.sha256(np.ascontiguousarray(example).tobytes()).digest()
+    if isinstance(example, np.ndarray) or hasattr(example, "__array__") or hasattr(example, "__array_interface__"):
+        # arrays, tensors and decoded PIL images: their values (str() of an image names its address)
+        array = np.ascontiguousarray(np.asarray(example))
+        return hashlib.sha256(f"{array.dtype}|{array.shape}|".encode() + array.tobytes()).digest()
     return hashlib.sha256(str(example).encode()).digest()
