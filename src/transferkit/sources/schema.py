@@ -230,9 +230,13 @@ def check_value(value: object, field: Field, name: str, where: str, *,
         if len(value) < field.min_items or (field.max_items is not None and len(value) > field.max_items):
             raise fail()
         return [check_value(v, field.item, f"{name}[{i}]", where, error=error) for i, v in enumerate(value)]
-    # mapping
     if not isinstance(value, dict):
         raise fail()
+    return _check_object(value, field, name, where, error)
+
+
+def _check_object(value: dict, field: Field, name: str, where: str, error: type[TransferKitError]) -> dict:
+    """A mapping field: named fields (``check_mapping``), or free keys whose values share one field."""
     if field.fields is not None:
         return check_mapping(value, field.fields, where, prefix=f"{name}.", refused=field.refused, error=error)
     out = {}
