@@ -1,6 +1,6 @@
 """Are transferkit's defaults fast? Feature extraction settings and the CLI's start-up time.
 
-1. **Feature extraction**: ``transferkit.features.extract_features`` (what ``linear_probe`` and
+1. **Feature extraction**: ``transferkit.engine.extract.extract_features`` (what ``linear_probe`` and
    ``lp_ft`` run; its defaults: ``inference_mode``, contiguous NCHW, eager, torch's thread count)
    against the same loop (same ``DataLoader`` over the same ``ExampleDataset``: decode + eval
    transform, batch 64) with every combination of {``no_grad``, ``inference_mode``} x
@@ -57,7 +57,7 @@ def main() -> None:
 
     from _data import fashion_mnist_folder
     from transferkit.data import load_task_data
-    from transferkit.features import extract_features
+    from transferkit.engine.extract import extract_features
     from transferkit.sources import input_pipeline, load_source
     from transferkit.sources.inputs import ExampleDataset
 

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     from transferkit._io import save_weights
     from transferkit.config import FitConfig
     from transferkit.engine import Trainer
+    from transferkit.runs import predict_proba
     from transferkit.surgery.target import build_target_model
 
     torch.set_num_threads(1)  # the same kernels and reduction order in every run of a test
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg, task, source, verbose=False, resume=args.resume,
                       checkpoint_dir=None if args.no_checkpoints else args.out / "checkpoints")
     train(model, trainer, args.strategy, args.lr)
-    val_logits = trainer.predict(model, trainer.val_set)["label"]
+    # log-probabilities: logits up to a per-example constant (softmax gives back the same probabilities)
+    val_logits = np.log(predict_proba(model, source, task.val.examples, "label", batch_size=args.batch_size * 2))
     if trainer.is_main_process:
         args.out.mkdir(parents=True, exist_ok=True)
         save_weights(model.state_dict(), args.out / "model.safetensors")

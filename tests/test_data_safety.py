@@ -149,7 +149,7 @@ def test_exif_orientation_is_applied_when_decoding(tmp_path):
 
 
 def test_training_features_and_predict_inputs_see_the_upright_image(tmp_path):
-    from transferkit.features import _decode_chunk
+    from transferkit.engine.extract import _decode_chunk
     from transferkit.sources.base import Preprocessing
     from transferkit.sources.inputs import ImageInputs
 

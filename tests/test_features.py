@@ -16,11 +16,11 @@ import torch
 
 from transferkit.data.synthetic import digit_image, write_image_folder
 from transferkit.engine import distributed
+from transferkit.engine.extract import extract_features
 from transferkit.features import (
     CACHE_ENV,
     estimate_batchnorm_statistics,
     examples_fingerprint,
-    extract_features,
     source_features,
     with_image_size,
 )

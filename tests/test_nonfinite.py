@@ -129,7 +129,7 @@ def _nan_source():
 
 def test_nan_features_never_become_a_silent_score(data):
     from transferkit.data import load_task_data
-    from transferkit.selection import rank_sources
+    from transferkit.ranking import rank_sources
 
     task = load_task_data(data)
     rows = rank_sources(task, [_nan_source()], ["logme", "knn"], use_cache=False)

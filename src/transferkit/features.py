@@ -1,14 +1,11 @@
-"""Feature extraction: one batched forward pass of the shared layers per example, cached on disk.
+"""Features of sources on raw examples, cached on disk; BatchNorm statistics of random-init sources.
 
-Two entry points:
-
-- :func:`extract_features` runs one backbone over an ``ExampleDataset`` (the training loop's
-  linear probe uses it; nothing is cached).
-- :func:`source_features` runs *several* sources over the same raw examples, for ranking.
-  Each image file is decoded once (``transferkit.data.image.open_image``) and every source's
-  own transform is applied to the decoded image, so ranking K sources costs little more than
-  their K forward passes. Results are cached on disk; a source with a classifier head also
-  gets the head's class probabilities (softmax of ``head(features)``, for LEEP and NCE).
+:func:`source_features` runs *several* sources over the same raw examples, for ranking, through
+the engine's extraction (``transferkit.engine.extract``: each image file is decoded once for all
+sources, so ranking K sources costs little more than their K forward passes). Results are cached
+on disk; a source with a classifier head also gets the head's class probabilities (softmax of
+``head(features)``, for LEEP and NCE). :func:`estimate_batchnorm_statistics` gives a random-init
+(or blended) source the BatchNorm statistics of the target's examples first.
 
 The cache
 ---------
@@ -51,7 +48,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,38 +55,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferkit.engine import distributed
+from transferkit.data.base import examples_fingerprint
+from transferkit.engine.extract import DECODE_CHUNK, eval_on_device, extract_sources
+from transferkit.errors import ConfigError, DataError
 from transferkit.sources.base import SourceModel
-from transferkit.sources.inputs import ExampleDataset, ImageInputs, input_pipeline
+from transferkit.sources.inputs import ExampleDataset, input_pipeline
+
+__all__ = ["CACHE_ENV", "CACHE_FORMAT", "DECODE_CHUNK", "STATISTICS_EXAMPLES", "SourceFeatures", "cache_key",
+           "default_cache_dir", "estimate_batchnorm_statistics", "examples_fingerprint", "source_features",
+           "statistics_subset", "with_image_size"]
 
 #: Bumped when the cache layout or the way features are computed changes.
 CACHE_FORMAT = "1"
 CACHE_ENV = "TRANSFERKIT_CACHE"
-#: Examples decoded at a time when feeding several sources (bounds memory for large images).
-DECODE_CHUNK = 512
 #: At most this many target examples estimate a random-init source's BatchNorm statistics.
 STATISTICS_EXAMPLES = 1024
-
-
-@torch.inference_mode()
-def extract_features(backbone: nn.Module, dataset: ExampleDataset, batch_size: int = 64,
-                     device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
-    """Features of every example, in order, shape (N, D), float32 on the CPU.
-
-    The backbone runs in eval mode (BatchNorm statistics and dropout as at inference) and its
-    previous training mode is restored afterwards.
-    """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         collate_fn=dataset.collate, num_workers=num_workers)
-    was_training = backbone.training
-    backbone.eval()
-    chunks = []
-    try:
-        for inputs, _ in loader:
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            chunks.append(backbone(**inputs).float().cpu())
-    finally:
-        backbone.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 @dataclass
@@ -122,17 +102,6 @@ def default_cache_dir() -> Path:
     """``$TRANSFERKIT_CACHE``, else ``~/.cache/transferkit/features``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "transferkit" / "features"
-
-
-def examples_fingerprint(examples: Sequence) -> str:
-    """A hash of the examples, in order: path, size and mtime for files, content otherwise."""
-    from transferkit.data.base import _example_stamp
-
-    h = hashlib.sha256()
-    h.update(str(len(examples)).encode())
-    for ex in examples:
-        h.update(_example_stamp(Path(ex) if isinstance(ex, str) and _looks_like_file(ex) else ex))
-    return h.hexdigest()[:16]
 
 
 def cache_key(source: SourceModel, fingerprint: str, statistics_fingerprint: str | None = None) -> str:
@@ -182,50 +151,69 @@ def source_features(
     Returns:
         One :class:`SourceFeatures` per source, in order.
     """
-    from transferkit.engine import distributed
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        from transferkit.errors import ConfigError
-
         raise ConfigError(f"`batch_size` must be a whole number >= 1; got {batch_size!r}.")
     examples = list(examples)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     fingerprint = fingerprint or (examples_fingerprint(examples) if use_cache else "")
-    results: list[SourceFeatures | None] = []
-    pending: list[tuple[int, SourceModel, str, Path | None, float]] = []
     statistics_from = examples if statistics_from is None else list(statistics_from)
+    results, pending = _look_up(sources, len(examples), root if use_cache else None, fingerprint, statistics_from)
+    # Every process must agree on what to compute (their caches might differ): the main decides.
+    todo = distributed.broadcast_flags([r is None for r in results])
+    pending = [p for p, miss in zip(pending, todo) if miss]
+    if pending:
+        device = torch.device(device) if device is not None else distributed.device()
+        for p, result in zip(pending, _compute_missing(pending, examples, statistics_from, batch_size, device)):
+            results[p.index] = result
+        distributed.wait_for_everyone()
+    return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Pending:
+    """A source whose features may have to be computed, and the seconds spent on it so far."""
+
+    index: int
+    src: SourceModel
+    key: str
+    path: Path | None
+    seconds: float
+
+
+def _look_up(sources: Sequence[SourceModel], n: int, root: Path | None, fingerprint: str,
+             statistics_from: list) -> tuple[list[SourceFeatures | None], list[_Pending]]:
+    """The cached entry of each source (None where missing, or with ``root`` None: no cache)."""
+    results: list[SourceFeatures | None] = []
+    pending: list[_Pending] = []
     needs_statistics = [src.stale_statistics for src in sources]
     estimate_from = (examples_fingerprint(statistics_subset(statistics_from)) if any(needs_statistics) else None)
     for i, src in enumerate(sources):
         started = time.perf_counter()
         stats = estimate_from if needs_statistics[i] else src.statistics_fingerprint
-        key = cache_key(src, fingerprint, stats) if use_cache else ""
-        path = root / _slug(src.id) / f"{key}.safetensors" if use_cache else None
-        hit = _read_entry(path, key, src, len(examples)) if use_cache else None
+        key = cache_key(src, fingerprint, stats) if root is not None else ""
+        path = root / _slug(src.id) / f"{key}.safetensors" if root is not None else None
+        hit = _read_entry(path, key, src, n) if root is not None else None
         results.append(None if hit is None else SourceFeatures(
             src.id, hit[0], hit[1], key, True, time.perf_counter() - started, path))
-        pending.append((i, src, key, path, time.perf_counter() - started))
-    # Every process must agree on what to compute (their caches might differ): the main decides.
-    todo = distributed.broadcast_flags([r is None for r in results])
-    pending = [p for p, miss in zip(pending, todo) if miss]
-    if not pending:
-        return results  # type: ignore[return-value]
+        pending.append(_Pending(i, src, key, path, time.perf_counter() - started))
+    return results, pending
 
-    start, stop = distributed.shard_bounds(len(examples))
-    device = torch.device(device) if device is not None else distributed.device()
-    for n, (i, src, key, path, seconds_so_far) in enumerate(pending):
+
+def _compute_missing(pending: list[_Pending], examples: list, statistics_from: list, batch_size: int,
+                     device: torch.device) -> list[SourceFeatures]:
+    """Computes the pending sources (every process its shard); the main process writes the cache."""
+    for p in pending:
         started = time.perf_counter()
-        estimate_batchnorm_statistics(src, statistics_from, batch_size, device)
-        pending[n] = (i, src, key, path, seconds_so_far + time.perf_counter() - started)
-    computed, seconds = _compute([src for _, src, *_ in pending], examples[start:stop], batch_size, device)
-    for (i, src, key, path, seconds_so_far), (feats, probs), secs in zip(pending, computed, seconds):
-        feats = distributed.gather_rows(feats, len(examples)).numpy()
-        probs = distributed.gather_rows(probs, len(examples)).numpy() if probs is not None else None
-        if use_cache and distributed.is_main_process():
-            _write_entry(path, key, src, feats, probs)
-        results[i] = SourceFeatures(src.id, feats, probs, key, False, seconds_so_far + secs, path)
-    distributed.wait_for_everyone()
-    return results  # type: ignore[return-value]
+        estimate_batchnorm_statistics(p.src, statistics_from, batch_size, device)
+        p.seconds += time.perf_counter() - started
+    computed, seconds = extract_sources([p.src for p in pending], examples, batch_size, device)
+    out = []
+    for p, (feats, probs), secs in zip(pending, computed, seconds):
+        feats, probs = feats.numpy(), probs.numpy() if probs is not None else None
+        if p.path is not None and distributed.is_main_process():
+            _write_entry(p.path, p.key, p.src, feats, probs)
+        out.append(SourceFeatures(p.src.id, feats, probs, p.key, False, p.seconds + secs, p.path))
+    return out
 
 
 # -- computing ---------------------------------------------------------------------------------
@@ -269,9 +257,6 @@ def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_si
         return
     from torch.optim.swa_utils import update_bn
 
-    from transferkit.engine import distributed
-    from transferkit.errors import DataError
-
     subset = statistics_subset(examples)
     if not subset:
         raise DataError(f"Source {src.id!r} has random weights and BatchNorm layers, whose statistics come from "
@@ -280,7 +265,7 @@ def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_si
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate,
                                          drop_last=len(subset) > batch_size)  # no batch of one
     device = torch.device(device) if device is not None else distributed.device()
-    restore = _to_device(src, device)
+    restore = eval_on_device(src, device)
     try:
         update_bn(loader, _DictInputs(src.backbone, device))
     finally:
@@ -289,122 +274,11 @@ def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_si
     src.statistics_fingerprint = examples_fingerprint(subset)
 
 
-@torch.inference_mode()
-def _compute(sources: list[SourceModel], examples: list, batch_size: int, device: torch.device):
-    """Runs every source over ``examples``; each image is decoded once for all of them.
-
-    Returns ``[(features, probabilities or None)]`` as CPU float32 tensors, and the seconds
-    spent per source (forward passes and any wait for its inputs, plus an equal share of the
-    wait for decoding).
-    """
-    pipelines = [input_pipeline(src, train=False) for src in sources]
-    shared_decode = all(isinstance(p, ImageInputs) for p in pipelines)
-    outputs: list[tuple[list, list]] = [([], []) for _ in sources]
-    seconds = [0.0] * len(sources)
-    moved = [_to_device(src, device) for src in sources]
-    size = _chunk_size(batch_size)
-    chunks = [examples[i: i + size] for i in range(0, len(examples), size)]
-
-    def prepare(job: tuple[int, list]) -> dict[str, torch.Tensor]:
-        pipe = pipelines[job[0]]
-        return pipe.collate([pipe.load(x) for x in job[1]])
-
-    try:
-        # Two helper threads keep the forward passes fed: one decodes the next chunk of images,
-        # the other runs the next batch's transforms while this batch goes through the model.
-        with ThreadPoolExecutor(max_workers=1) as decoder, ThreadPoolExecutor(max_workers=1) as preparer:
-            ahead = _submit(decoder, _decode_chunk if shared_decode else None, chunks[0]) if chunks else None
-            for c in range(len(chunks)):
-                started = time.perf_counter()
-                decoded = ahead.result()
-                for s in range(len(sources)):
-                    seconds[s] += (time.perf_counter() - started) / len(sources)
-                if c + 1 < len(chunks):
-                    ahead = _submit(decoder, _decode_chunk if shared_decode else None, chunks[c + 1])
-                jobs = [(s, decoded[b: b + batch_size]) for s in range(len(sources))
-                        for b in range(0, len(decoded), batch_size)]
-                pending = preparer.submit(prepare, jobs[0]) if jobs else None
-                for j, (s, _) in enumerate(jobs):
-                    started = time.perf_counter()
-                    batch = pending.result()
-                    if j + 1 < len(jobs):
-                        pending = preparer.submit(prepare, jobs[j + 1])
-                    src = sources[s]
-                    feats = src.backbone(**{k: v.to(device) for k, v in batch.items()}).float()
-                    outputs[s][0].append(feats.cpu())
-                    if src.head is not None:
-                        outputs[s][1].append(torch.softmax(src.head(feats).float(), dim=-1).cpu())
-                    seconds[s] += time.perf_counter() - started
-    finally:
-        for src, restore in zip(sources, moved):
-            restore()
-    results = []
-    for src, (feats, probs) in zip(sources, outputs):
-        f = torch.cat(feats) if feats else torch.zeros((0, src.feature_dim))
-        p = None
-        if src.head is not None:
-            p = torch.cat(probs) if probs else torch.zeros((0, _head_classes(src)))
-        results.append((f.contiguous(), None if p is None else p.contiguous()))
-    return results, seconds
-
-
-def _submit(pool: ThreadPoolExecutor, fn, arg) -> Future:
-    """``pool.submit(fn, arg)``, or a finished future holding ``arg`` when ``fn`` is None."""
-    if fn is not None:
-        return pool.submit(fn, arg)
-    done: Future = Future()
-    done.set_result(arg)
-    return done
-
-
-def _chunk_size(batch_size: int) -> int:
-    return max(1, DECODE_CHUNK // batch_size) * batch_size
-
-
-def _decode_chunk(chunk: list) -> list:
-    from PIL import Image
-
-    from transferkit.data.image import open_image
-
-    return [x if isinstance(x, Image.Image) else open_image(x) for x in chunk]
-
-
-def _to_device(src: SourceModel, device: torch.device):
-    """Puts the backbone and head in eval mode on ``device``; returns a function that undoes it."""
-    modules = [m for m in (src.backbone, src.head) if m is not None]
-    before = [(m, m.training, _module_device(m)) for m in modules]
-    for m in modules:
-        m.eval()
-        m.to(device)
-
-    def restore() -> None:
-        for m, training, dev in before:
-            m.train(training)
-            if dev is not None and dev != device:
-                m.to(dev)
-
-    return restore
-
-
-def _module_device(module: nn.Module) -> torch.device | None:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else None
-
-
-def _head_classes(src: SourceModel) -> int:
-    linear = [m for m in src.head.modules() if isinstance(m, nn.Linear)]
-    return linear[-1].out_features if linear else 0
-
-
 # -- the cache ---------------------------------------------------------------------------------
 
 
 def _slug(source_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]+", "_", source_id).strip("._") or "source"
-
-
-def _looks_like_file(text: str) -> bool:
-    return len(text) < 4096 and "\n" not in text and os.path.isfile(text)
 
 
 def _read_entry(path: Path, key: str, src: SourceModel, n: int) -> tuple[np.ndarray, np.ndarray | None] | None:

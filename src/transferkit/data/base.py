@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +106,19 @@ class TaskData:
             "split_given": self.split_given,
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
         }
+
+
+def examples_fingerprint(examples: Sequence) -> str:
+    """A hash of the examples, in order: path, size and mtime for files, content otherwise."""
+    h = hashlib.sha256()
+    h.update(str(len(examples)).encode())
+    for ex in examples:
+        h.update(_example_stamp(Path(ex) if isinstance(ex, str) and _looks_like_file(ex) else ex))
+    return h.hexdigest()[:16]
+
+
+def _looks_like_file(text: str) -> bool:
+    return len(text) < 4096 and "\n" not in text and os.path.isfile(text)
 
 
 def _example_stamp(example) -> bytes:

@@ -14,14 +14,16 @@ with which penalty; the engine's ``Trainer`` runs each stage. A new strategy is 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
 from transferkit._registry import Registry
 from transferkit.config import FitConfig
-from transferkit.engine import Trainer
 from transferkit.surgery.target import TargetModel
+
+if TYPE_CHECKING:  # the Trainer runs a strategy; a strategy never builds one
+    from transferkit.engine.loop import Trainer
 
 
 class Strategy:
