@@ -81,16 +81,47 @@ def build(name: str, pretrained: bool, state_dict: dict | None = None, model_kwa
         UnsafeFileError: ``model_kwargs`` hold an option that would make timm load a file.
         ConfigError: ``model_kwargs`` are not allowed or do not fit the model, or the weights do not fit it.
     """
-    import timm
-    from timm.models import group_parameters
-
     model_kwargs = check_model_kwargs(model_kwargs, where)
+    _check_known(name)
+    model = _create_model(name, pretrained, state_dict, model_kwargs, where)
+    head = None
+    if getattr(model, "num_classes", 0):
+        classifier = model.get_classifier()
+        head = classifier if isinstance(classifier, nn.Linear) else None
+    model.reset_classifier(0)
+    return SourceModel(
+        id=f"timm:{name}",
+        modality="image",
+        backbone=TimmBackbone(model),
+        feature_dim=model.num_features,
+        preprocessing=_preprocessing(model),
+        layer_groups=_layer_groups(model),
+        spec={"loader": "timm", "name": name, "model_kwargs": model_kwargs or {}},
+        head=head,
+        architecture=name,
+        license=str(model.pretrained_cfg.get("license", "")),
+    )
+
+
+def _check_known(name: str) -> None:
+    """Raises ``UnknownNameError`` (with the closest timm name) when timm has no model ``name``."""
+    import timm
+
     if not timm.is_model(name.split(".")[0]):
         import difflib
 
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f" Did you mean 'timm:{close[0]}'?" if close else ""
         raise UnknownNameError(f"Unknown timm model {name!r}.{hint} See `timm.list_models()`.")
+
+
+def _create_model(name: str, pretrained: bool, state_dict: dict | None, model_kwargs: dict, where: str) -> nn.Module:
+    """``timm.create_model`` with the checked options, then ``state_dict`` loaded when given.
+
+    Without an explicit ``num_classes``, weights to load set it from their classifier's shape.
+    """
+    import timm
+
     kwargs = dict(model_kwargs or {})
     if state_dict is not None and "num_classes" not in kwargs:
         pretrained_cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
@@ -110,33 +141,30 @@ def build(name: str, pretrained: bool, state_dict: dict | None = None, model_kwa
         except RuntimeError as e:
             raise ConfigError(f"The weights from {where} do not fit timm's {name!r}: {_first_line(e)}. "
                               "Name the architecture the weights were saved from.") from None
-    head = None
-    if getattr(model, "num_classes", 0):
-        classifier = model.get_classifier()
-        head = classifier if isinstance(classifier, nn.Linear) else None
-    model.reset_classifier(0)
+    return model
+
+
+def _preprocessing(model: nn.Module) -> Preprocessing:
+    """The image preprocessing of timm's ``pretrained_cfg`` (``resolve_data_config``)."""
+    import timm
+
     cfg = timm.data.resolve_data_config({}, model=model)
-    backbone = TimmBackbone(model)
+    return Preprocessing(
+        "image", image_size=cfg["input_size"][-1], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        interpolation=cfg.get("interpolation", "bilinear"), crop_pct=cfg.get("crop_pct", 1.0),
+    )
+
+
+def _layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """timm's own fine-grained ``group_matcher`` groups, as layer groups of the backbone (``model.``)."""
+    from timm.models import group_parameters
+
     matcher = model.group_matcher(coarse=False)
     groups = [
         LayerGroup(f"group{gid}", [f"model.{p}" for p in params])
         for gid, params in group_parameters(model, matcher).items()
     ]
-    return SourceModel(
-        id=f"timm:{name}",
-        modality="image",
-        backbone=backbone,
-        feature_dim=model.num_features,
-        preprocessing=Preprocessing(
-            "image", image_size=cfg["input_size"][-1], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-            interpolation=cfg.get("interpolation", "bilinear"), crop_pct=cfg.get("crop_pct", 1.0),
-        ),
-        layer_groups=[g for g in groups if g.params],
-        spec={"loader": "timm", "name": name, "model_kwargs": model_kwargs or {}},
-        head=head,
-        architecture=name,
-        license=str(model.pretrained_cfg.get("license", "")),
-    )
+    return [g for g in groups if g.params]
 
 
 def _first_line(error: BaseException) -> str:
