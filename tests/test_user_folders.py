@@ -295,7 +295,8 @@ def test_resume_refuses_data_edited_in_place(data, tmp_path, monkeypatch):
 # -- 12. choices on an empty validation split ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", [["--wise-ft", "--strategy", "lp_ft"], ["--patience", "2"]])
+@pytest.mark.parametrize("flag", [["--wise-ft", "--strategy", "lp_ft"], ["--patience", "2"],
+                                  ["--source", "auto", "--candidates", TINY_IMAGE_SOURCE + ",timm:test_vit@random"]])
 def test_choices_on_validation_need_a_validation_split(flag, tmp_path):
     write_image_folder(tmp_path / "tiny", {"a": 2, "b": 2}, size=32)
     code, _, err = cli(["fit", str(tmp_path / "tiny"), "--out", str(tmp_path / "run"), *QUICK, *flag])

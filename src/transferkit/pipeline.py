@@ -58,7 +58,7 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
 
 def _fit(data: str | Path | TaskData, source: str, cfg: FitConfig, outdir: OutputDir | None, verbose: bool) -> Run:
     task = data if isinstance(data, TaskData) else load_task_data(data, **data_options(cfg))
-    check_validation_split(task, cfg)
+    check_validation_split(task, cfg, source)
     torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
     unknown = sorted(set(cfg.task_weights) - set(task.tasks))
     if unknown:

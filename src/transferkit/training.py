@@ -27,10 +27,14 @@ from transferkit.surgery import TargetModel, build_target_model
 from transferkit.surgery.cut import cut_source, reinit_groups
 
 
-def check_validation_split(task: TaskData, cfg: FitConfig) -> None:
-    """Options that choose on the validation split need one."""
+def check_validation_split(task: TaskData, cfg: FitConfig, source: str = "") -> None:
+    """Options that choose on the validation split need one (``source`` "auto" with ``top_k`` > 1 too)."""
     if len(task.val):
         return
+    if source == "auto" and cfg.top_k > 1:
+        raise ConfigError(f"`--source auto` confirms its top {cfg.top_k} candidates on the validation split, which "
+                          f"is empty ({len(task.train)} train examples in {len(task.classes)} classes); add "
+                          "examples (or a `val/` folder), or pass `--top-k 1` to take the best-scored source.")
     for name, on in (("wise_ft", cfg.wise_ft), ("patience", cfg.patience)):
         if on:
             raise ConfigError(f"`--{name.replace('_', '-')}` chooses on the validation split, which is empty "
