@@ -45,3 +45,43 @@ def test_the_reproduce_line_rebuilds_the_same_config(image_folder, tmp_path):
     again = json.loads((tmp_path / "b" / "config.json").read_text())
     assert again["fit"] == config["fit"]
     assert again["source"]["id"] == config["source"]["id"]
+
+
+# -- hostile option values: type first, then range, and nothing else ever comes out -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from transferkit.errors import TransferKitError  # noqa: E402
+
+ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                      max_size=3), max_leaves=6)
+NAMES = [f.name for f in dataclasses.fields(FitConfig)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=10), ANY_JSON, max_size=4))
+def test_any_json_for_the_options_is_accepted_or_a_transferkit_error(values):
+    try:
+        cfg = FitConfig.from_dict(values)
+    except TransferKitError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert cfg.to_dict() == FitConfig.from_dict(cfg.to_dict()).to_dict()  # what is accepted round-trips
+
+
+@settings(max_examples=150, deadline=None)
+@given(config=st.dictionaries(st.sampled_from(["source", "classes", "fit", "main_task", "x"]), ANY_JSON, max_size=5))
+def test_a_hostile_run_config_never_gets_past_its_check(config, tmp_path_factory):
+    from transferkit.runs import read_run_config
+
+    folder = tmp_path_factory.mktemp("hostile-run")
+    (folder / "config.json").write_text(json.dumps(config))
+    try:
+        read_run_config(folder)
+    except TransferKitError:
+        return
+    # what passes has the shape load_run relies on
+    loaded = read_run_config(folder)
+    assert isinstance(loaded["source"]["spec"], dict) and loaded["main_task"] in loaded["classes"]
