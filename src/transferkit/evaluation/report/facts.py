@@ -1,0 +1,121 @@
+"""The facts both reports show, derived once: ``markdown.py`` and ``sections.py`` only lay them out.
+
+Each function takes what a run directory stores (``metrics``, ``history``, ``transfer_map``) and
+returns plain values or the text of table cells.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .cells import count, is_number, num
+
+#: The headline numbers: (label, metric, the baseline's metric, decimals).
+HEADLINE = (("test accuracy", "test_accuracy", "baseline_test_accuracy", 4),
+            ("test macro-F1", "test_macro_f1", "baseline_test_macro_f1", 4),
+            ("seconds", "train_seconds", "baseline_seconds", 1))
+
+
+class HeadlineRow(NamedTuple):
+    label: str
+    transfer: float
+    baseline: float | None  # None: no baseline was trained
+    digits: int
+
+
+def headline_rows(metrics: dict) -> dict[str, HeadlineRow]:
+    """Transfer against its no-transfer baseline, by metric name (``test_accuracy``, ...)."""
+    return {ours: HeadlineRow(label, metrics[ours], metrics.get(theirs), digits)
+            for label, ours, theirs, digits in HEADLINE}
+
+
+def class_count_table(data: dict) -> tuple[list[str], list[tuple[str, list[int]]]]:
+    """The splits, and per class its number of examples in each split."""
+    counts = data.get("class_counts", {})
+    splits = list(counts) or list(data.get("split_sizes", {}))
+    return splits, [(c, [counts.get(s, {}).get(c, 0) for s in splits]) for c in data.get("classes", [])]
+
+
+class TransferSummary(NamedTuple):
+    trainable: int
+    total: int
+    frozen: int
+    origins: list[tuple[str, int, int]]  # (origin, tensors, parameters)
+
+
+def transfer_summary(metrics: dict) -> TransferSummary:
+    """Parameters trained, in all and kept frozen; tensors and parameters per origin."""
+    transfer = metrics.get("transfer", {})
+    total = transfer.get("total_parameters", 0) or 0
+    trainable = transfer.get("trainable_parameters", 0) or 0
+    origins = [(o, d["tensors"], d["parameters"]) for o, d in transfer.get("by_origin", {}).items()]
+    return TransferSummary(trainable, total, transfer.get("frozen_parameters", total - trainable), origins)
+
+
+def group_summary(transfer_map: list[dict]) -> list[dict]:
+    """Per layer group, input to output: tensors, parameters, origins, trainable parameters."""
+    groups: dict[str, dict] = {}
+    for e in transfer_map:
+        g = groups.setdefault(e.get("group", "other"), {"group": e.get("group", "other"), "tensors": 0,
+                                                         "parameters": 0, "trainable": 0, "origins": []})
+        n = math.prod(e.get("shape") or [1])
+        g["tensors"] += 1
+        is_buffer = "running_" in e["tensor"] or e["tensor"].endswith("num_batches_tracked")
+        if not is_buffer:
+            g["parameters"] += n
+            g["trainable"] += n if e.get("trainable") else 0
+        if e.get("origin") not in g["origins"]:
+            g["origins"].append(e.get("origin"))
+    return list(groups.values())
+
+
+def group_rows(transfer_map: list[dict]) -> list[list[str]]:
+    """``group_summary`` as cells: layer group, tensors, parameters, trainable, origins."""
+    return [[str(g["group"]), str(g["tensors"]), f"{g['parameters']:,}", f"{g['trainable']:,}",
+             ", ".join(map(str, g["origins"]))] for g in group_summary(transfer_map)]
+
+
+def stage_learning_rates(metrics: dict, history: list[dict]) -> dict[str, str]:
+    """Learning rate(s) per stage: per layer group when the stage recorded them, else from history."""
+    out: dict[str, str] = {}
+    for s in metrics.get("stages", []):
+        lrs = s.get("group_lrs") or s.get("lrs")
+        if isinstance(lrs, dict) and lrs:
+            out[s["stage"]] = ", ".join(f"{k} {v:.2g}" for k, v in lrs.items())
+        elif isinstance(lrs, list) and lrs:
+            out[s["stage"]] = ", ".join(f"{v:.2g}" for v in lrs)
+        elif is_number(s.get("lr")):
+            out[s["stage"]] = f"{s['lr']:.2g}"
+    for row in history:
+        if row.get("stage") not in out and is_number(row.get("lr")):
+            seen = [r["lr"] for r in history if r.get("stage") == row["stage"] and is_number(r.get("lr"))]
+            out[row["stage"]] = (f"{seen[0]:.2g} → {seen[-1]:.2g} at epoch ends" if len(seen) > 1
+                                 else f"{seen[0]:.2g} at the epoch end")
+    return out
+
+
+def stage_rows(metrics: dict, history: list[dict]) -> list[dict[str, str]]:
+    """Per training stage, as cells: ``stage``, ``epochs``, ``best_epoch``, ``best_val``,
+    ``trainable``, ``lr``, ``seconds``, ``rate`` (examples per second); ``-`` where not recorded."""
+    lrs = stage_learning_rates(metrics, history)
+    return [{"stage": str(s["stage"]), "epochs": str(s.get("epochs_run", "-")),
+             "best_epoch": str(s.get("best_epoch", "-")), "best_val": num(s.get("best_val_accuracy")),
+             "trainable": count(s.get("trainable_parameters")), "lr": lrs.get(s["stage"], "-"),
+             "seconds": num(s.get("seconds"), 1), "rate": num(s.get("examples_per_second"), 1)}
+            for s in metrics.get("stages", [])]
+
+
+def task_rows(metrics: dict) -> list[list[str]]:
+    """Per task head, as cells: task, classes, test accuracy, test macro-F1 (none for one task)."""
+    tasks = metrics.get("tasks") or {}
+    if len(tasks) < 2:
+        return []
+    return [[str(name), str(len(m.get("per_class", {}))), num(m.get("accuracy")), num(m.get("macro_f1"))]
+            for name, m in tasks.items()]
+
+
+def per_class_rows(metrics: dict) -> list[list[str]]:
+    """Per class on the test split, as cells: class, precision, recall, F1, support."""
+    return [[str(c), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+            for c, m in metrics.get("test_per_class", {}).items()]

@@ -1,0 +1,124 @@
+"""``report.md``: the run report as Markdown, for terminals and diffs (the plots are in the HTML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .context import verdict
+from .facts import (
+    class_count_table,
+    group_rows,
+    headline_rows,
+    per_class_rows,
+    stage_rows,
+    task_rows,
+    transfer_summary,
+)
+from .ranking import ranking_table
+
+
+def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> list[str]:
+    """The report as Markdown lines (``ctx`` adds history, transfer map and ranking sections)."""
+    ctx = ctx or {}
+    data = metrics.get("data", {})
+    return [*_headline(config, metrics), *_data(data), *_selection(ctx.get("ranking") or {"rows": []}),
+            *_transfer(config, metrics, ctx.get("transfer_map", [])), *_stages(metrics, ctx.get("history", [])),
+            *_wise_ft(metrics), *_tasks(metrics), *_per_class(metrics), *_confusion(data, metrics),
+            *_cost(metrics)]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A header (a blank column name leaves its cell empty: ``| |``), the rule, then ``rows``."""
+    head = "|" + "".join(f" {c} |" if c else " |" for c in columns) if columns else _row([])
+    return [head, "|---" * len(columns) + "|", *map(_row, rows)]
+
+
+def _headline(config: dict, metrics: dict) -> list[str]:
+    target = Path(metrics.get("data", {}).get("origin", "")).name or "target"
+    rows = [[r.label, f"{r.transfer:.{r.digits}f}", "-" if r.baseline is None else f"{r.baseline:.{r.digits}f}"]
+            for r in headline_rows(metrics).values()]
+    return [f"# transferkit run: {config['source']['id']} -> {target}", "", verdict(metrics), "",
+            *_table(["", "transfer", "no-transfer baseline"], rows), "",
+            f"Baseline: {metrics.get('baseline', 'none')}.", "",
+            "Plots (learning curves, confusion matrix, per-class metrics): `report.html` in this directory."]
+
+
+def _data(data: dict) -> list[str]:
+    lines = ["", "## Data", "",
+             (f"Modality {data.get('modality')}, {len(data.get('classes', []))} classes, "
+             f"splits {data.get('split_sizes')} "
+             f"({'given' if data.get('split_given') else 'made by transferkit, stratified'}).")]
+    if data.get("class_counts"):
+        splits, counts = class_count_table(data)
+        lines += ["", *_table(["class", *splits], [[c, *map(str, n)] for c, n in counts])]
+    if data.get("skipped"):
+        lines += ["", f"Skipped {len(data['skipped'])} bad example(s):"]
+        lines += [f"- `{s['file']}`: {s['reason']}" for s in data["skipped"][:20]]
+    return lines
+
+
+def _selection(ranking: dict) -> list[str]:
+    if not ranking["rows"]:
+        return []
+    table = ranking_table(ranking)
+    lines = ["", "## Source selection", "", *[f"- {name}: {value}" for name, value in table.facts]]
+    return lines + ([""] if table.facts else []) + _table(table.columns, table.rows)
+
+
+def _transfer(config: dict, metrics: dict, transfer_map: list[dict]) -> list[str]:
+    src, fit = config["source"], config["fit"]
+    transfer = transfer_summary(metrics)
+    lines = ["", "## Source and transfer map", "",
+             (f"Source `{src['id']}`: {src.get('architecture')}, weights {src.get('weights')}, "
+             f"licence {src.get('license')}; {src['feature_dim']}-d features. "
+             f"Strategy `{fit['strategy']}`, seed {fit['seed']}."), "",
+             *_table(["origin", "tensors", "parameters"], [[o, str(t), f"{p:,}"] for o, t, p in transfer.origins]),
+             "", f"Trainable parameters: {transfer.trainable:,} of {transfer.total:,}."]
+    groups = group_rows(transfer_map)
+    if groups:
+        lines += ["", *_table(["layer group", "tensors", "parameters", "trainable", "origin"], groups)]
+    return lines
+
+
+def _stages(metrics: dict, history: list[dict]) -> list[str]:
+    keys = ("stage", "epochs", "best_epoch", "best_val", "trainable", "lr", "seconds", "rate")
+    columns = ["stage", "epochs", "best epoch", "best val acc", "trainable", "learning rate", "seconds",
+               "examples/s"]
+    return ["", "## Stages", "", *_table(columns, [[s[k] for k in keys] for s in stage_rows(metrics, history)])]
+
+
+def _wise_ft(metrics: dict) -> list[str]:
+    if not metrics.get("wise_ft_curve"):
+        return []
+    curve = [[f"{a:g}", f"{s:.4f}"] for a, s in metrics["wise_ft_curve"]]
+    chosen = f"Chosen α = {metrics.get('wise_ft_alpha')} (0 = starting weights, 1 = fine-tuned)."
+    return ["", "## WiSE-FT", "", chosen, "", *_table(["α", "val accuracy"], curve)]
+
+
+def _tasks(metrics: dict) -> list[str]:
+    rows = [[name, accuracy, f1] for name, _, accuracy, f1 in task_rows(metrics)]
+    return ["", "## Task heads (test)", "", *_table(["task", "accuracy", "macro-F1"], rows)] if rows else []
+
+
+def _per_class(metrics: dict) -> list[str]:
+    return ["", "## Per class (test)", "",
+            *_table(["class", "precision", "recall", "F1", "support"], per_class_rows(metrics))]
+
+
+def _confusion(data: dict, metrics: dict) -> list[str]:
+    classes, matrix = data.get("classes", []), metrics.get("test_confusion_matrix", [])
+    lines = ["", "## Confusion matrix (test; rows true, columns predicted)", ""]
+    if not matrix:
+        return lines
+    return lines + [f"| true \\ pred | {' | '.join(classes)} |", "|---" * (len(classes) + 1) + "|",
+                    *[f"| {c} | {' | '.join(map(str, row))} |" for c, row in zip(classes, matrix, strict=False)]]
+
+
+def _cost(metrics: dict) -> list[str]:
+    baseline = f", baseline {metrics['baseline_seconds']:.1f} s" if "baseline_seconds" in metrics else ""
+    return ["", "## Cost", "", (f"Training {metrics['train_seconds']:.1f} s{baseline}, "
+            f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MB.")]
