@@ -26,6 +26,11 @@ class ConfigError(TransferKitError, ValueError):
     """An option is out of range, unknown or inconsistent with another option."""
 
 
+class OutputError(ConfigError):
+    """An output path (``--out``, ``--output``) cannot or may not be written: a file where a folder
+    belongs, a folder transferkit did not make, a full disk, no permission."""
+
+
 class UnsafeFileError(TransferKitError, ValueError):
     """A model or cache file is malformed or could execute code when loaded."""
 

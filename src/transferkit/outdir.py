@@ -35,7 +35,7 @@ from typing import IO
 
 from transferkit._io import default_mode
 from transferkit._version import __version__
-from transferkit.errors import ConfigError
+from transferkit.errors import OutputError
 
 MARKER = ".transferkit.json"
 LOCK = ".transferkit.lock"
@@ -75,22 +75,22 @@ class OutputDir:
             lock: Take the folder's lock (only the main process of a distributed run does).
 
         Raises:
-            ConfigError: The folder may not be written, with what to do instead.
+            OutputError: The folder may not be written, with what to do instead.
         """
         path = Path(path)
         _check_not_input(path, inputs)
         if path.exists() and not path.is_dir():
-            raise ConfigError(f"`--out` {str(path)!r} is a file, not a folder; pass a folder to write into "
+            raise OutputError(f"`--out` {str(path)!r} is a file, not a folder; pass a folder to write into "
                               "(a new one, e.g. `runs/NAME`).")
         found = folder_kind(path) if path.is_dir() else None
         entries = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
         if entries and found is None:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-            raise ConfigError(f"`--out` {str(path)!r} already holds files that transferkit did not write "
+            raise OutputError(f"`--out` {str(path)!r} already holds files that transferkit did not write "
                               f"({shown}); transferkit writes only into a new or empty folder or over its own "
                               f"earlier {kind}. Pick another `--out`, e.g. `runs/NAME`.")
         if found is not None and found != kind:
-            raise ConfigError(f"`--out` {str(path)!r} holds a transferkit {found}, not a {kind}; pick another `--out`.")
+            raise OutputError(f"`--out` {str(path)!r} holds a transferkit {found}, not a {kind}; pick another `--out`.")
         if kind == "run" and entries:
             _check_run_reuse(path, overwrite=overwrite, resume=resume)
         created = not path.exists()
@@ -102,7 +102,7 @@ class OutputDir:
             if lock:
                 _remove_stale_staging(path)
         except OSError as e:
-            raise ConfigError(f"`--out` {str(path)!r} cannot be written: {e.strerror or e}. Pick a folder you "
+            raise OutputError(f"`--out` {str(path)!r} cannot be written: {e.strerror or e}. Pick a folder you "
                               "can write to.") from None
         return cls(path, kind, handle, created)
 
@@ -183,7 +183,7 @@ def _check_not_input(path: Path, inputs: Iterable[str | os.PathLike]) -> None:
         folder = Path(item).resolve()
         if target == folder or folder in target.parents:
             what = "is" if target == folder else "lies inside"
-            raise ConfigError(f"`--out` {str(path)!r} {what} {str(item)!r}, which this command reads; its files "
+            raise OutputError(f"`--out` {str(path)!r} {what} {str(item)!r}, which this command reads; its files "
                               "would mix with the output. Pick an `--out` outside it, e.g. `runs/NAME`.")
 
 
@@ -193,11 +193,11 @@ def _check_run_reuse(path: Path, *, overwrite: bool, resume: bool) -> None:
     if overwrite or (resume and unfinished):
         return
     if unfinished:
-        raise ConfigError(f"`--out` {str(path)!r} holds checkpoints of a run that did not finish; pass `--resume` "
+        raise OutputError(f"`--out` {str(path)!r} holds checkpoints of a run that did not finish; pass `--resume` "
                           "to continue it, or `--overwrite` to discard them and start again.")
     if is_finished_run(path):
         hint = "there is nothing to resume; " if resume else ""
-        raise ConfigError(f"`--out` {str(path)!r} already holds a finished run; {hint}pass `--overwrite` to "
+        raise OutputError(f"`--out` {str(path)!r} already holds a finished run; {hint}pass `--overwrite` to "
                           "replace it, or pick another `--out`.")
 
 
@@ -232,7 +232,7 @@ def _take_lock(path: Path) -> IO:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise ConfigError(f"`--out` {str(path)!r} is being written by another transferkit process (pid {holder}); "
+        raise OutputError(f"`--out` {str(path)!r} is being written by another transferkit process (pid {holder}); "
                           "wait for it to finish, or pick another `--out`.") from None
     handle.seek(0)
     handle.truncate()

@@ -27,16 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.data.checks import ProblemLog, check_files
-from transferkit.errors import DataError, TransferKitError
+from transferkit.errors import DataError, OutputError
 
 #: How preflight messages name what ``predict`` checked.
 PREDICT_INPUTS = "the inputs of `transferkit predict`"
 #: First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-class OutputError(TransferKitError):
-    """The predictions file cannot be written (a folder, a full disk, no permission)."""
 
 
 # -- inputs ------------------------------------------------------------------------------------------
