@@ -339,14 +339,15 @@ def test_two_processes_shard_and_gather(tmp_path):
         torch.set_num_threads(1)
         torch.manual_seed(0)
         src = with_image_size(load_source({TINY!r}), 32)
+        files = sorted(Path({str(tmp_path / 'imgs')!r}).rglob("*.png"))
+        src.stale_statistics = False  # as tiny(): it stands in for a pretrained source (no statistics pass)
         calls = [0]
         fwd = src.backbone.forward
         src.backbone.forward = lambda **b: calls.__setitem__(0, calls[0] + len(b["pixel_values"])) or fwd(**b)
-        files = sorted(Path({str(tmp_path / 'imgs')!r}).rglob("*.png"))
         out = source_features([src], files, batch_size=4, cache_dir={str(tmp_path / 'c')!r})[0]
         rank = distributed.process_index()
         np.save({str(tmp_path)!r} + f"/rank{{rank}}.npy", out.features)
-        print("rank", rank, "of", distributed.num_processes(), "forwarded", calls[0], flush=True)
+        sys.stdout.write(f"rank {{rank}} of {{distributed.num_processes()}} forwarded {{calls[0]}}\\n")  # one write
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
