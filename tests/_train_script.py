@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     source = tiny_source(args.dropout)
     model = build_target_model(source, {"label": 4}, 0, args.head_dropout)
-    if args.step_delay:
-        model.register_forward_pre_hook(lambda *_: time.sleep(args.step_delay))
+    if args.step_delay:  # on the heads: they run in every stage, the probe on cached features included
+        for head in model.heads.values():
+            head.register_forward_pre_hook(lambda *_: time.sleep(args.step_delay))
     if args.stall_write:
         stall_checkpoint_write(args.stall_write, args.out / "stalled-write.txt")
     trainer = Trainer(cfg, task, source, verbose=False, resume=args.resume,
