@@ -335,6 +335,31 @@ def test_layerwise_lr_groups(make):
     assert not any(p.requires_grad for p in dict(model.params_by_group())["group0"])
 
 
+@pytest.mark.parametrize("strategy, stage", [("full", "full"), ("l2sp", "l2sp"), ("bitfit", "bitfit")])
+def test_head_lr_gives_the_new_heads_their_own_rate(strategy, stage, make):
+    task, src, cfg = make("image", lr=1e-4, head_lr=2e-3)
+    model = build_target_model(src, {DEFAULT_TASK: 4})
+    trainer = StubTrainer(cfg)
+    get_strategy(strategy)(cfg).train(model, trainer)
+    groups = next(s for s in trainer.stages if s["stage"] == stage)["param_groups"]
+    heads = {id(p) for p in model.heads.parameters()}
+    assert [(g["name"], g["lr"]) for g in groups] == [("shared", 1e-4), ("heads", 2e-3)]
+    assert {id(p) for p in groups[1]["params"]} == heads
+    assert not heads & {id(p) for p in groups[0]["params"]}
+    # without --head-lr: ten times --lr for the heads
+    plain = StubTrainer(make("image", lr=1e-4)[2])
+    get_strategy(strategy)(plain.config).train(build_target_model(src, {DEFAULT_TASK: 4}), plain)
+    groups = next(s for s in plain.stages if s["stage"] == stage)["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
+
+
+def test_lp_ft_fine_tunes_its_probed_head_at_the_shared_rate(make):
+    task, src, cfg = make("image", lr=1e-4, head_lr=2e-3)
+    trainer = StubTrainer(cfg)
+    get_strategy("lp_ft")(cfg).train(build_target_model(src, {DEFAULT_TASK: 4}), trainer)
+    assert [g["lr"] for g in trainer.stages[-1]["param_groups"]] == [1e-4]  # Kumar et al.: one small rate
+
+
 def test_l2sp_penalty_matches_hand_computation(make):
     task, src, cfg = make("lstm", l2sp_alpha=0.3, l2sp_beta=0.07, freeze=["lstm.l0"])
     model = build_target_model(src, {DEFAULT_TASK: 2})

@@ -72,6 +72,9 @@ class FitConfig:
                        help="Peak learning rate of the fine-tuning stages.")
     probe_lr: float = option(3e-3, low=0, high=10, open_low=True, group="Training",
                              hint="Typical values are 1e-5 to 1e-2.", help="Learning rate for heads on cached features.")
+    head_lr: float | None = option(None, low=0, high=10, open_low=True, group="Training",
+                                   hint="Typical values are 1e-4 to 1e-2.",
+                                   help="Learning rate of the new heads while shared layers fine-tune (default: 10 × --lr).")
     batch_size: int = option(32, low=1, high=65536, group="Training", help="Examples per step and process.")
     grad_accum: int = option(1, low=1, high=4096, group="Training", help="Gradient accumulation steps.")
     weight_decay: float = option(0.01, low=0.0, high=10.0, group="Training", help="AdamW weight decay.")

@@ -182,7 +182,8 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
     else:
         torch.manual_seed(cfg.seed)
         scratch = fresh_network(src)  # train_target estimates its BatchNorm statistics, as for any @random source
-        base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, freeze=[], init_mix=0.0,
+        base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, head_lr=cfg.baseline_lr, freeze=[],
+                                       init_mix=0.0,
                                        wise_ft=False, reinit=[], report_to=[])
         model, _ = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir)
         proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)

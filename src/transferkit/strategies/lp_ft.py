@@ -31,4 +31,4 @@ class LinearProbeThenFineTune(Strategy):
         # 2. Fine-tune everything, starting from the probed head.
         set_trainable(model)
         freeze_matching(model, self.config.freeze)
-        trainer.fit(model, self.param_groups(model), stage="fine_tune")
+        trainer.fit(model, self.param_groups(model, head_lr=self.config.lr), stage="fine_tune")  # one rate: the head is fitted
