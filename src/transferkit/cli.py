@@ -67,10 +67,9 @@ def _fit_parameters() -> list[inspect.Parameter]:
         hint = hints[f.name]
         kind = typing.get_args(hint)[0] if typing.get_origin(hint) in (types.UnionType, typing.Union) else hint
         names = (f"--{flag}/--no-{flag}",) if kind is bool else (f"--{flag}",)
-        shown = f.default if f.default not in (None, dataclasses.MISSING) else False
-        option = Opt(*names, help=f.metadata["help"], rich_help_panel=group,
-                     show_default=str(shown).lower() if isinstance(shown, bool) and shown is not False else
-                     (str(shown) if shown is not False else False))
+        default = None if f.default is dataclasses.MISSING else f.default  # lists and dicts: empty
+        shown = False if default is None or default is False else ("true" if default is True else str(default))
+        option = Opt(*names, help=f.metadata["help"], rich_help_panel=group, show_default=shown)
         kind = list[str] if typing.get_origin(kind) in (list, dict) else kind
         generated.append((group, param(f.name, Annotated[Optional[kind], option], None)))
     ordered = sorted(fixed + generated, key=lambda item: GROUPS.index(item[0]))  # stable: fixed ones lead

@@ -140,7 +140,7 @@ def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str],
                     groups: dict[str, list[str]] | None = None) -> None:
     """WiSE-FT: sweeps alpha between the starting and fine-tuned shared layers, keeps the best on val
     (one alpha for all, or with ``groups`` one per layer group)."""
-    from transferkit.merging import wise_ft, wise_ft_per_group
+    from transferkit.merging import DEFAULT_ALPHAS, wise_ft, wise_ft_per_group
 
     started = time.perf_counter()
     finetuned = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
@@ -154,7 +154,8 @@ def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str],
     if groups:
         result = wise_ft_per_group(start, finetuned, val_accuracy, groups, keys=keys)
         alpha, evaluations = result.default_alpha, len(result.curve)
-        curve = [[next(iter(a.values())), score] for a, score in result.curve if len(set(a.values())) == 1]
+        sweep = result.curve[:len(DEFAULT_ALPHAS)]  # the global sweep comes first, then the per-group search
+        curve = [[next(iter(a.values())), score] for a, score in sweep]
         chosen = {"group_alphas": result.alphas}
     else:
         result = wise_ft(start, finetuned, val_accuracy, keys=keys)
