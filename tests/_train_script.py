@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     task = tiny_task(args.n_train, args.n_val)
     torch.manual_seed(args.seed)
     source = tiny_source(args.dropout)
-    model = build_target_model(source, {"label": 4}, 0, args.head_dropout)
+    # a hidden layer: the probe stage is then trained by the loop (linear heads are a convex fit, no steps to kill)
+    model = build_target_model(source, {"label": 4}, 4, args.head_dropout)
     if args.step_delay:  # on the heads: they run in every stage, the probe on cached features included
         for head in model.heads.values():
             head.register_forward_pre_hook(lambda *_: time.sleep(args.step_delay))

@@ -285,10 +285,10 @@ def test_recurrent_layer_groups_freeze_and_schedule(tones):
     model = build_target_model(source, {"label": 2})
     assert model.group_names() == ["lstm.0", "lstm.1", "lstm.2", "linear", "heads"]
     cfg = FitConfig.from_dict({**FAST, "epochs": 5, "freeze": ["lstm.0"]})
-    schedule = get_strategy("gradual_unfreeze")(cfg).schedule(model)
+    schedule = get_strategy("gradual_unfreeze")(cfg).schedule(model, cfg.epochs)
     assert schedule[0] == [] and schedule[1] == ["linear"] and schedule[-1] == ["lstm.0", "lstm.1", "lstm.2", "linear"]
     lrs = {g["name"]: g["lr"] for g in get_strategy("layerwise_lr")(cfg).param_groups(model)}
-    assert lrs["heads"] == pytest.approx(1e-3) and lrs["lstm.0"] == pytest.approx(1e-3 * 0.7**4)
+    assert lrs["heads"] == pytest.approx(1e-3) and lrs["lstm.0"] == pytest.approx(1e-3 * 0.7**3)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     run = fit(task, source="resemblyzer", strategy="full", verbose=False, **{**FAST, "epochs": 1, "freeze": ["lstm.0"]})
     after = run.model.backbone.state_dict()

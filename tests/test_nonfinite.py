@@ -42,14 +42,16 @@ def _poison_loss(monkeypatch, at_call: int, value: float) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("strategy, value, shown", [("full", math.nan, "nan"), ("linear_probe", math.inf, "inf")])
-def test_training_stops_at_the_step_that_goes_non_finite_and_names_it(strategy, value, shown, data, tmp_path,
+# A hidden layer makes the probe's head a gradient-trained one (linear heads are a convex fit, no loss steps).
+@pytest.mark.parametrize("strategy, value, shown, head", [("full", math.nan, "nan", []),
+                                                          ("linear_probe", math.inf, "inf", ["--head-hidden", "8"])])
+def test_training_stops_at_the_step_that_goes_non_finite_and_names_it(strategy, value, shown, head, data, tmp_path,
                                                                      monkeypatch):
     calls = _poison_loss(monkeypatch, at_call=3, value=value)
     out = tmp_path / "run"
     code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--strategy", strategy, "--out", out, "--quiet",
                         "--no-baseline", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
-                        "--probe-epochs", "2", "--lr", "0.003"])
+                        "--probe-epochs", "2", "--lr", "0.003", "--probe-lr", "0.003", *head])
     assert code == 2
     stage = "full" if strategy == "full" else "linear_probe"
     # the 3rd step (2 steps done before it) of epoch 1
@@ -83,12 +85,14 @@ def test_weights_that_went_nan_on_a_finite_loss_are_never_written(data, tmp_path
 
     monkeypatch.setattr(loop.Trainer, "_loss", loss)
     out = tmp_path / "run"
-    # one optimiser step in all: every training loss is finite, the weights after it are NaN
+    # one optimiser step in all: every training loss is finite, the weights after it are NaN (a hidden
+    # layer makes the probe's head gradient-trained)
     code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--out", out, "--quiet", "--no-baseline",
-                        "--image-size", "32", "--batch-size", "64", "--probe-epochs", "1"])
+                        "--image-size", "32", "--batch-size", "64", "--probe-epochs", "1", "--head-hidden", "8"])
     assert code == 2
     # the engine checks the weights before its epoch-end checkpoint, so the stop comes there
-    assert err.startswith("error: The weights became non-finite (heads.label.0.weight, heads.label.0.bias) by step 1 ")
+    assert err.startswith("error: The weights became non-finite (heads.label.0.weight, heads.label.0.bias, "
+                          "heads.label.2.weight) by step 1 ")
     assert "no checkpoint was written. Try a lower `--lr`" in err and len(err.splitlines()) == 1
     assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
 
@@ -145,8 +149,9 @@ def test_nan_features_stop_training_with_a_hint_to_check_the_inputs(data, tmp_pa
     import transferkit.pipeline
 
     monkeypatch.setattr(transferkit.pipeline, "load_source", lambda source_id: _nan_source())
-    with pytest.raises(NonFiniteLossError, match=r"^The training loss became nan at step 0 \(epoch 1, stage "
-                                                 r"'linear_probe'\); .* or check the inputs for NaN\.$"):
+    with pytest.raises(NonFiniteLossError, match=r"^The shared layers' features hold NaN or infinite values \(the "
+                                                 r"first at train example 0\) in stage 'linear_probe'; .* Check the "
+                                                 r"inputs for NaN"):
         transferkit.pipeline.fit(data, source=TINY_IMAGE_SOURCE, out=tmp_path / "run", image_size=32,
                                  probe_epochs=1, baseline=False, verbose=False)
     assert not (tmp_path / "run" / "model.safetensors").exists()

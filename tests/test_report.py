@@ -65,9 +65,15 @@ def test_fit_writes_a_self_contained_html_report(image_run):
         assert ink(image) > 0.01 and len(image.getcolors(1 << 16) or range(1 << 16)) > 8
     assert "Transfer" in html and "baseline" in html
     md = (image_run / "report.md").read_text()
-    for heading in ("## Data", "## Source and transfer map", "## Stages", "## Per class (test)", "## Cost"):
+    for heading in ("## Data", "## Source and transfer map", "## Schedule", "## Stages", "## Per class (test)",
+                    "## Cost"):
         assert heading in md
     assert "report.html" in md
+    # the schedule that ran: the options given as given, what transferkit chose marked (auto)
+    assert "| batch size | 16 |" in md and "| input size | 32 px |" in md
+    assert re.search(r"\| epochs \| 2 \(\d+ optimizer steps per epoch\) \|", md)
+    assert "| learning rate, new heads | 0.001 (auto) |" in md
+    assert "<h3>Schedule</h3>" in html
 
 
 def _fake_run(tmp_path, **metric_overrides):

@@ -66,16 +66,22 @@ class FitConfig:
 
     strategy: str = option("linear_probe", group="Strategy",
                            help="Transfer strategy (see `transferkit strategies`).")
-    epochs: int = option(5, low=1, group="Training", help="Fine-tuning epochs over the train split.")
-    probe_epochs: int = option(60, low=1, group="Training", help="Epochs for heads fitted on cached features.")
-    lr: float = option(1e-4, low=0, high=10, open_low=True, group="Training", hint="Typical values are 1e-5 to 1e-2.",
-                       help="Peak learning rate of the fine-tuning stages.")
+    epochs: int | None = option(None, low=1, high=100000, group="Training",
+                                help="Fine-tuning epochs over the train split (default: enough for --min-steps, at least 3).")
+    min_steps: int = option(100, low=1, high=10**7, group="Training",
+                            help="Fewest optimiser steps of a fine-tuning stage when --epochs is not given.")
+    probe_epochs: int = option(60, low=1, group="Training", help="Epochs for heads with a hidden layer on cached features.")
+    lr: float | None = option(None, low=0, high=10, open_low=True, group="Training",
+                              hint="Typical values are 1e-5 to 1e-2.",
+                              help="Peak learning rate of the shared layers (default: the strategy's, `transferkit strategies`).")
     probe_lr: float = option(3e-3, low=0, high=10, open_low=True, group="Training",
-                             hint="Typical values are 1e-5 to 1e-2.", help="Learning rate for heads on cached features.")
+                             hint="Typical values are 1e-5 to 1e-2.",
+                             help="Learning rate for heads with a hidden layer on cached features.")
     head_lr: float | None = option(None, low=0, high=10, open_low=True, group="Training",
                                    hint="Typical values are 1e-4 to 1e-2.",
-                                   help="Learning rate of the new heads while shared layers fine-tune (default: 10 × --lr).")
-    batch_size: int = option(32, low=1, high=65536, group="Training", help="Examples per step and process.")
+                                   help="Learning rate of the new heads while shared layers train (default: 1e-3, or --lr if higher).")
+    batch_size: int | None = option(None, low=1, high=65536, group="Training",
+                                    help="Examples per step and process (default: train examples / 8, a power of two in 8-32).")
     grad_accum: int = option(1, low=1, high=4096, group="Training", help="Gradient accumulation steps.")
     weight_decay: float = option(0.01, low=0.0, high=10.0, group="Training", help="AdamW weight decay.")
     warmup_ratio: float = option(0.1, low=0.0, high=0.9, group="Training",
@@ -89,7 +95,7 @@ class FitConfig:
     split_seed: int = option(0, low=0, high=2**32 - 1, group="Data",
                              help="Seed of the train/val/test split made when the data has none.")
     image_size: int | None = option(None, low=16, high=1024, unit="pixels", group="Source",
-                                    help="Image side in pixels (default: the source's own).")
+                                    help="Image side in pixels (default: the data's, at least 64 and at most the source's).")
     max_length: int | None = option(None, low=4, high=8192, unit="tokens", group="Source",
                                     help="Token limit for text sources (default: the source's own).")
     pooling: str | None = option(None, choices=("mean", "cls"), group="Source",

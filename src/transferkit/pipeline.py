@@ -25,7 +25,8 @@ from transferkit.sources import load_source, source_modality
 from transferkit.strategies import get_strategy
 from transferkit.surgery import summarize_transfer_map, transfer_map
 from transferkit.surgery.target import entries_as_dicts
-from transferkit.training import check_validation_split, prefixed, prepare_source, run_baseline, train_prepared
+from transferkit.training import (check_validation_split, describe_recipe, prefixed, prepare_source,
+                                  resolve_options, run_baseline, train_prepared)
 
 
 def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str = "linear_probe",
@@ -56,8 +57,9 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
             outdir.release()
 
 
-def _fit(data: str | Path | TaskData, source: str, cfg: FitConfig, outdir: OutputDir | None, verbose: bool) -> Run:
-    task = data if isinstance(data, TaskData) else load_task_data(data, **data_options(cfg))
+def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: OutputDir | None, verbose: bool) -> Run:
+    task = data if isinstance(data, TaskData) else load_task_data(data, **data_options(given))
+    cfg = resolve_options(given, task)  # what ran; `given` (the user's options) is what config.json keeps
     check_validation_split(task, cfg, source)
     torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
     unknown = sorted(set(cfg.task_weights) - set(task.tasks))
@@ -101,11 +103,12 @@ def _fit(data: str | Path | TaskData, source: str, cfg: FitConfig, outdir: Outpu
     metrics.update({
         "transfer": {**summarize_transfer_map(entries, model), "cut_at": cfg.cut_at},
         "stages": trainer.stages,
+        "recipe": describe_recipe(given, trainer, src),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "data": task.summary(),
     })
     classes = {name: list(c) for name, c in task.tasks.items()}
-    run = Run(model, src, classes, run_config(src, cfg, classes), metrics)
+    run = Run(model, src, classes, run_config(src, given, classes), metrics)
     trainer.tracking.finish(metrics)
     if outdir is not None and trainer.is_main_process:  # the checkpoints go with the folder this replaces
         publish_run(run, outdir, history=trainer.history, transfer=entries_as_dicts(entries))

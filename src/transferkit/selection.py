@@ -99,7 +99,9 @@ def select_source(
 
 
 def _select(task, candidates, cfg, top_k, score, short_epochs, eta, cache_dir, verbose, started) -> tuple[str, dict]:
-    from transferkit.training import prepare_source
+    from transferkit.training import prepare_source, resolve_options
+
+    cfg = resolve_options(cfg, task)  # the epochs and batch size the full run will have
 
     candidates = list(dict.fromkeys(candidates or default_candidates(task.modality)))
     if not candidates:

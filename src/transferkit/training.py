@@ -8,6 +8,7 @@ layers on validation afterwards, and ``run_baseline`` trains the no-transfer bas
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ from transferkit.config import FitConfig
 from transferkit.data import TaskData
 from transferkit.errors import ConfigError
 from transferkit.evaluation.metrics import classification_metrics
-from transferkit.features import estimate_batchnorm_statistics
+from transferkit.engine.distributed import num_processes
+from transferkit.engine.schedule import resolve_schedule, steps_per_epoch
+from transferkit.features import data_image_size, estimate_batchnorm_statistics
 from transferkit.runs import predict_proba
 from transferkit.sources import SourceModel, build_from_spec, input_pipeline
 from transferkit.sources.base import mark_stale_statistics
@@ -42,14 +45,22 @@ def check_validation_split(task: TaskData, cfg: FitConfig, source: str = "") -> 
                               f"(or a `val/` folder) or leave `--{name.replace('_', '-')}` out.")
 
 
+def resolve_options(cfg: FitConfig, task: TaskData) -> FitConfig:
+    """``cfg`` with the options left to transferkit filled for ``task`` (batch size, epochs:
+    ``engine/schedule.py``). Idempotent; every entry point that trains calls it first."""
+    return resolve_schedule(cfg, len(task.train), num_processes())
+
+
 def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceModel:
-    """Applies the options that change the source itself: input size, tokens, pooling, ``cut_at``;
-    a random-init source gets BatchNorm statistics from the train split.
+    """Applies the options that change the source itself: input size (``--image-size``, else the
+    data's: ``data_image_size``), tokens, pooling, ``cut_at``; a random-init source gets BatchNorm
+    statistics from the train split.
 
     Call it once per source and run (``train_target`` does; ``fit`` calls it, then ``train_prepared``).
     """
-    if cfg.image_size and src.modality == "image":
-        src.preprocessing.image_size = cfg.image_size
+    cfg = resolve_options(cfg, task)
+    if src.modality == "image":
+        src.preprocessing.image_size = cfg.image_size or data_image_size(src, task.train.examples)
     estimate_batchnorm_statistics(src, task.train.examples, cfg.batch_size)
     if cfg.max_length and src.modality == "text":
         limit = _token_limit(src)
@@ -83,6 +94,7 @@ def train_prepared(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bo
     """
     from transferkit.engine import Trainer
 
+    cfg = resolve_options(cfg, task)
     torch.manual_seed(cfg.seed)
     model = build_target_model(src, {name: len(c) for name, c in task.tasks.items()}, cfg.head_hidden, cfg.head_dropout)
     if cfg.init_mix:
@@ -176,6 +188,7 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
     initialisation, every layer trained for ``epochs`` epochs at ``baseline_lr``.
     """
     started = time.perf_counter()
+    cfg = resolve_options(cfg, task)
     if task.modality == "text":
         from transferkit.evaluation.baseline import tfidf_baseline
 
@@ -192,6 +205,27 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
                             f"{cfg.epochs} epochs, lr {cfg.baseline_lr:g}"}
     m = classification_metrics(task.test.labels, proba.argmax(1), task.classes)
     return {**info, "baseline_seconds": time.perf_counter() - started, **prefixed(m, "baseline_test_")}
+
+
+def describe_recipe(given: FitConfig, trainer, src: SourceModel) -> dict:
+    """The schedule and rates that ran, for metrics.json and the report; ``left_to_transferkit``
+    names the options ``given`` (the user's options) left unset, which transferkit sized."""
+    cfg, task = trainer.config, trainer.task
+    strategy = get_strategy(cfg.strategy)(cfg)
+    automatic = [name for name in ("batch_size", "epochs", "lr", "head_lr", "image_size")
+                 if getattr(given, name) is None]
+    val = len(task.val)
+    recipe = {"train_examples": len(task.train), "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+              "min_steps": cfg.min_steps if given.epochs is None else None,
+              "steps_per_epoch": steps_per_epoch(math.ceil(len(task.train) / num_processes()), cfg.batch_size,
+                                                 cfg.grad_accum),
+              "warmup_ratio": cfg.warmup_ratio, "lr": strategy.lr, "head_lr": strategy.head_lr,
+              "weights_kept": (f"best epoch on {val} validation examples" if trainer.choose_on_val else
+                               f"last epoch ({val} validation examples are too few to choose an epoch on)"),
+              "left_to_transferkit": automatic}
+    if src.modality == "image":
+        recipe["image_size"] = src.preprocessing.image_size
+    return recipe
 
 
 def fresh_network(src: SourceModel) -> SourceModel:

@@ -84,6 +84,26 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"Cannot read image {str(path)!r}: {e}. Fix or remove the file.") from None
 
 
+def typical_side(examples, sample: int = 64) -> int | None:
+    """The median short side in pixels of up to ``sample`` evenly spaced images (paths or PIL images).
+
+    Reads file headers only (no decoding); None when no example could be measured.
+    """
+    step = max(1, len(examples) // sample)
+    sides = []
+    for example in list(examples)[::step][:sample]:
+        try:
+            if isinstance(example, Image.Image):
+                width, height = example.size
+            else:
+                with Image.open(example) as im:
+                    width, height = im.size
+        except (OSError, ValueError, UnidentifiedImageError):
+            continue  # preflight reports unreadable files; they do not decide the size
+        sides.append(min(width, height))
+    return int(np.median(sides)) if sides else None
+
+
 def image_problem(path: Path) -> str | None:
     """The reason ``path`` cannot be decoded to RGB, or None when it can."""
     try:

@@ -32,6 +32,8 @@ from transferkit.engine.data import EpochSampler, SeededExamples
 from transferkit.engine.extract import extract_features
 from transferkit.engine.launch import make_accelerator
 from transferkit.engine.precision import resolve_precision
+from transferkit.engine.probe import fit_linear_head, validation_is_meaningful
+from transferkit.engine.schedule import peak_lr, resolve_schedule
 from transferkit.engine.resume import RunCheckpoints, StageState, run_fingerprint
 from transferkit.engine.tracking import RunTracking
 from transferkit.errors import ConfigError, NonFiniteLossError
@@ -90,6 +92,7 @@ class _Stage:
     loader_rng: torch.Generator
     penalty: Callable[[nn.Module], torch.Tensor] | None
     on_epoch_start: Callable[[int, nn.Module], None] | None
+    keep_norm_stats: bool = False  # BatchNorm layers normalise with their running statistics, left as they are
     show: Callable[..., None] = lambda **_: None  # updates the progress bar
 
 
@@ -117,11 +120,11 @@ class Trainer:
                  resume: bool = False, run_dir: str | Path | None = None) -> None:
         from accelerate.utils import set_seed
 
-        self.config = config
         self.task = task
         self.verbose = verbose
         self.task_weights = task_weights or {DEFAULT_TASK: 1.0}
         self.accelerator = make_accelerator(resolve_precision(config.precision), config.grad_accum)
+        self.config = config = resolve_schedule(config, len(task.train), self.accelerator.num_processes)
         set_seed(config.seed)
         train_pipe = input_pipeline(source, train=True, augment=config.augment)
         eval_pipe = input_pipeline(source, train=False)
@@ -144,6 +147,9 @@ class Trainer:
             raise ConfigError("`--resume` needs the run directory that holds the checkpoints (`--out`).")
         #: Name of the checkpoint this run resumed from (None for a fresh start).
         self.resumed_from: str | None = self._checkpoints.resumed_from
+        #: Whether the validation split is large enough to choose on (the best epoch, early
+        #: stopping, a probe's L2); otherwise a stage keeps its last epoch.
+        self.choose_on_val = validation_is_meaningful(val_labels[task.task_name], task.num_classes)
 
     @property
     def is_main_process(self) -> bool:
@@ -155,8 +161,13 @@ class Trainer:
     def fit(self, model: nn.Module, param_groups: list[dict], *, stage: str, epochs: int | None = None,
             penalty: Callable[[nn.Module], torch.Tensor] | None = None,
             on_epoch_start: Callable[[int, nn.Module], None] | None = None,
-            train_set=None, val_set=None) -> None:
-        """Trains the parameters in ``param_groups`` (each with its own ``lr``) for ``epochs``."""
+            train_set=None, val_set=None, keep_norm_stats: bool = False) -> None:
+        """Trains the parameters in ``param_groups`` (each with its own ``lr``) for ``epochs``.
+
+        ``keep_norm_stats``: BatchNorm layers stay in inference mode (their running statistics
+        normalise and are not updated; their affine weights still train if trainable), so the
+        features keep the statistics a head was fitted on.
+        """
         epochs = epochs or self.config.epochs
         index = len(self.stages)
         if self._checkpoints.stage_is_complete(index):
@@ -165,6 +176,7 @@ class Trainer:
         st = self._prepare_stage(model, param_groups, index, epochs, penalty, on_epoch_start,
                                  self.train_set if train_set is None else train_set,
                                  self.val_set if val_set is None else val_set)
+        st.keep_norm_stats = keep_norm_stats
         run = StageState(index, stage, epochs)
         restored = self._checkpoints.restore_partial(run, model, st.optimizer, st.scheduler, on_epoch_start)
         if restored is not None:
@@ -190,7 +202,7 @@ class Trainer:
                                              collate_fn=train_set.collate, generator=loader_rng,
                                              num_workers=cfg.num_workers)
         val_loader = self._eval_loader(val_set)
-        groups = [g for g in param_groups if any(p.requires_grad for p in g["params"])]
+        groups = [g for g in param_groups if g["params"]]  # frozen ones stay: a hook may unfreeze them later
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         prepared, optimizer, loader, val_loader = acc.prepare(model, optimizer, loader, val_loader)
         # The schedule counts optimiser steps of the global batch: the same for N processes with batch B
@@ -207,6 +219,10 @@ class Trainer:
             st.on_epoch_start(epoch, st.model)
         st.prepared, st.wrapped_for = self._rewrap_if_trainable_changed(st.model, st.prepared, st.wrapped_for)
         st.prepared.train()
+        if st.keep_norm_stats:
+            for module in st.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         st.sampler.epoch = st.examples.epoch = epoch
         if run.batch == 0:
             run.loader_rng = st.loader_rng.get_state()
@@ -233,7 +249,7 @@ class Trainer:
             loss = self._loss(st.prepared(**inputs), labels)
             if st.penalty is not None:
                 loss = loss + st.penalty(st.model)
-            self._stop_if_not_finite(loss, run)
+            self._stop_if_not_finite(loss, run, st.optimizer)
             acc.backward(loss)
             st.optimizer.step()  # Accelerate's wrapper steps only at the end of an accumulation
             if acc.sync_gradients and not st.optimizer.step_was_skipped:
@@ -252,7 +268,9 @@ class Trainer:
         self.tracking.log_epoch(row)
         st.show(status=f"epoch {epoch + 1}/{run.epochs} loss {row['train_loss']:.4f} val_acc {val_acc:.3f}")
         stop = False
-        if val_acc > run.best_accuracy or len(st.val_set) == 0:  # no val split: keep the latest
+        if not self.choose_on_val:  # too few validation examples to choose an epoch on: keep the latest
+            run.best_accuracy, run.best_epoch, run.best_state = val_acc, epoch + 1, None
+        elif val_acc > run.best_accuracy:
             run.best_accuracy, run.best_epoch = val_acc, epoch + 1
             run.best_state = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
         elif self.config.patience and epoch + 1 - run.best_epoch >= self.config.patience:
@@ -271,7 +289,7 @@ class Trainer:
         seconds = time.perf_counter() - run.started
         self.stages.append({"stage": run.name, "epochs_run": run.epoch, "best_epoch": run.best_epoch,
                             "best_val_accuracy": run.best_accuracy, "trainable_parameters": st.trainable,
-                            "seconds": seconds,
+                            "optimizer_steps": run.optimizer_steps, "seconds": seconds,
                             "examples_per_second": run.examples * acc.num_processes / max(seconds, 1e-9)})
         self._save(st, run, done=True)
 
@@ -279,22 +297,62 @@ class Trainer:
         """Hands the stage's state to the run's checkpoints (a no-op without a checkpoint directory)."""
         self._checkpoints.save(run, st.model, st.optimizer, st.scheduler, self.history, self.stages, done=done)
 
-    def fit_heads_on_features(self, model: TargetModel, *, stage: str = "linear_probe") -> None:
-        """Trains only the heads, on shared-layer features computed once (no augmentation)."""
+    def fit_heads_on_features(self, model: TargetModel, *, stage: str = "linear_probe", refit: bool = True) -> None:
+        """Trains only the heads, on shared-layer features computed once (no augmentation).
+
+        Linear heads are fitted as convex problems (``engine/probe.py``: L2 chosen on val or by
+        cross-validation, then refitted on train + val when ``refit``); heads with a hidden
+        layer are trained by the loop for ``probe_epochs`` at ``probe_lr``.
+        """
         heads = HeadsOnFeatures(model)
         index = len(self.stages)
         if self._checkpoints.stage_is_complete(index):  # no need to extract features again
             self.history, self.stages = self._checkpoints.restore_complete(heads, index, stage, None)
             return
+        started = time.perf_counter()
         device = self.accelerator.device
         model.backbone.to(device)
         feats = {name: extract_features(model.backbone, ds, batch_size=self.config.batch_size * 2, device=device,
                                         num_workers=self.config.num_workers)
                  for name, ds in (("train", self.train_eval_set), ("val", self.val_set))}
+        if all(_linear_layer(head) is not None for head in model.heads.values()):
+            self._fit_linear_heads(heads, feats, stage, index, refit, started)
+            return
         train = FeatureDataset(feats["train"], {t: torch.as_tensor(y) for t, y in self.train_set.labels.items()})
         val = FeatureDataset(feats["val"], {t: torch.as_tensor(y) for t, y in self.val_set.labels.items()})
         self.fit(heads, [{"params": list(model.heads.parameters()), "lr": self.config.probe_lr}], stage=stage,
                  epochs=self.config.probe_epochs, train_set=train, val_set=val)
+
+    def _fit_linear_heads(self, heads: HeadsOnFeatures, feats: dict[str, torch.Tensor], stage: str, index: int,
+                          refit: bool, started: float) -> None:
+        """Each head's linear layer set to its convex fit; the stage recorded and checkpointed."""
+        for split, x in feats.items():
+            finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+            if not bool(finite.all()):
+                raise NonFiniteLossError(
+                    f"The shared layers' features hold NaN or infinite values (the first at {split} example "
+                    f"{int((~finite).nonzero()[0])}) in stage {stage!r}; the heads were not fitted. Check the "
+                    "inputs for NaN, or try `--precision no`.")
+        fits = {}
+        for task, head in heads.heads.items():
+            layer = _linear_layer(head)
+            fit = fit_linear_head(feats["train"], self.train_set.labels[task], feats["val"], self.val_set.labels[task],
+                                  layer.out_features, refit=refit, seed=self.config.seed)
+            with torch.no_grad():
+                layer.weight.copy_(fit.weight)
+                layer.bias.copy_(fit.bias)
+            fits[task] = fit
+        main = fits[self.task.task_name]
+        val_acc = main.val_accuracy if main.val_accuracy is not None else 0.0  # held out even when refitted
+        self.history.append({"stage": stage, "epoch": 1, "train_loss": main.train_loss, "val_loss": main.val_loss,
+                             "val_accuracy": val_acc, "lr": 0.0})
+        seconds = time.perf_counter() - started
+        self.stages.append({"stage": stage, "epochs_run": 1, "best_epoch": 1, "best_val_accuracy": val_acc,
+                            "trainable_parameters": count_trainable(heads), "seconds": seconds,
+                            "examples_per_second": main.fitted_on / max(seconds, 1e-9), **main.record()})
+        run = StageState(index, stage, 1)
+        run.epoch, run.best_epoch, run.best_accuracy, run.started = 1, 1, val_acc, started
+        self._checkpoints.save(run, heads, None, None, self.history, self.stages, done=True)
 
     @staticmethod
     def _release(acc) -> None:
@@ -352,7 +410,7 @@ class Trainer:
             total, count = self.accelerator.reduce(sums, "sum").tolist()
         return total / max(count, 1)
 
-    def _stop_if_not_finite(self, loss: torch.Tensor, run: StageState) -> None:
+    def _stop_if_not_finite(self, loss: torch.Tensor, run: StageState, optimizer) -> None:
         bad = not bool(torch.isfinite(loss.detach()).all())
         if self.accelerator.num_processes > 1:  # every process must stop at the same step
             flag = torch.tensor([float(bad)], device=self.accelerator.device)
@@ -362,7 +420,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"The training loss became {value} at step {run.step} (epoch {run.epoch + 1}, stage {run.name!r}); "
                 f"training stopped and no weights from this step were saved. Try a lower `--lr` (now "
-                f"{self.config.lr:g}), `--precision no`, or check the inputs for NaN.")
+                f"{peak_lr(optimizer):g}), `--precision no`, or check the inputs for NaN.")
 
     def _rewrap_if_trainable_changed(self, model: nn.Module, prepared: nn.Module, wrapped_for: frozenset):
         """DDP reduces only parameters that were trainable when it wrapped the model; re-wrap after unfreezing."""
@@ -385,6 +443,12 @@ def _warmup_cosine(step: int, *, warmup: int, total: int) -> float:
         return step / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _linear_layer(head: nn.Module) -> nn.Linear | None:
+    """The head's one linear layer when it is linear (dropout aside), else None."""
+    layers = [m for m in head.modules() if any(True for _ in m.parameters(recurse=False))]
+    return layers[0] if len(layers) == 1 and isinstance(layers[0], nn.Linear) else None
 
 
 def _trainable_ids(model: nn.Module) -> frozenset:

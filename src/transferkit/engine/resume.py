@@ -35,6 +35,7 @@ from torch import nn
 from transferkit.config import FitConfig
 from transferkit.data.base import TaskData
 from transferkit.engine import checkpoint as ckpt
+from transferkit.engine.schedule import peak_lr
 from transferkit.data.base import examples_fingerprint
 from transferkit.errors import ConfigError, NonFiniteLossError
 
@@ -221,8 +222,9 @@ class RunCheckpoints:
         if bad:
             raise NonFiniteLossError(
                 f"The weights became non-finite ({', '.join(bad[:3])}) by step {run.step} (epoch {run.epoch + 1}, "
-                f"stage {run.name!r}); training stopped and no checkpoint was written. Try a lower `--lr` (now "
-                f"{self.config.lr:g}) or `--precision no`.")
+                f"stage {run.name!r}); training stopped and no checkpoint was written. Try a lower `--lr`"
+                + (f" (now {peak_lr(optimizer):g})" if optimizer else "")
+                + " or `--precision no`.")
         local = {**ckpt.rng_state(), "sums": torch.tensor([run.loss_sum, run.seen], dtype=torch.float64)}
         if run.loader_rng is not None:
             local["loader_rng"] = run.loader_rng

@@ -21,6 +21,7 @@ from torch import nn
 from transferkit._registry import Registry
 from transferkit.config import FitConfig
 from transferkit.surgery.target import TargetModel
+from transferkit.surgery.freezing import freeze_matching, set_trainable
 
 if TYPE_CHECKING:  # the Trainer runs a strategy; a strategy never builds one
     from transferkit.engine.loop import Trainer
@@ -32,6 +33,10 @@ class Strategy:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    #: The shared layers' peak learning rate when ``--lr`` is not given.
+    default_lr: ClassVar[float] = 1e-4
+    #: The data modalities the strategy takes (``None``: every one).
+    modalities: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: FitConfig) -> None:
         self.config = config
@@ -43,6 +48,34 @@ class Strategy:
     def train(self, model: TargetModel, trainer: Trainer) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def takes(cls, modality: str) -> bool:
+        """Whether the strategy trains on ``modality`` data."""
+        return cls.modalities is None or modality in cls.modalities
+
+    @property
+    def lr(self) -> float:
+        """The shared layers' peak learning rate: ``--lr``, else the strategy's ``default_lr``."""
+        return self.config.lr or self.default_lr
+
+    @property
+    def head_lr(self) -> float:
+        """The new heads' peak learning rate: ``--head-lr``, else ``HEAD_LR`` or ``lr`` if higher."""
+        return self.config.head_lr or max(HEAD_LR, self.lr)
+
+    def probe_heads_first(self, model: TargetModel, trainer: Trainer) -> None:
+        """Stage ``linear_probe``: the heads fitted on frozen shared-layer features, before a stage trains more.
+
+        LP-FT's first step (Kumar et al. 2022): the next stage starts from a head that agrees with
+        the features. Convex, on the train split only (L2 chosen on validation or by
+        cross-validation); not refitted on validation, which the next stage selects its epoch on.
+        Follow it with ``trainer.fit(..., keep_norm_stats=True)`` so BatchNorm keeps the statistics
+        the features were computed with.
+        """
+        set_trainable(model, groups=[], heads=True)
+        freeze_matching(model, self.config.freeze)
+        trainer.fit_heads_on_features(model, stage="linear_probe", refit=False)
+
     def shared_layers(self, model: TargetModel) -> nn.Module:
         """The trained shared layers in the source's own structure, for reuse as a ``run:`` source."""
         return model.backbone
@@ -52,16 +85,16 @@ class Strategy:
         return list(backbone_state)
 
     def param_groups(self, model: TargetModel, lr: float | None = None, head_lr: float | None = None) -> list[dict]:
-        """AdamW groups of the trainable parameters: the shared layers at ``lr`` (default ``config.lr``),
-        the new heads at ``head_lr`` (default ``config.head_lr``, else ``10 * lr``).
+        """AdamW groups of the trainable parameters: the shared layers at ``lr`` (default ``self.lr``),
+        the new heads at ``head_lr`` (default ``self.head_lr``).
 
         A fresh head needs a larger step than layers that arrive trained (the discriminative rates
         of ULMFiT/fastai, and the usual plain PyTorch recipe of 1e-4 for the backbone and 1e-3
         for the head): on the demo digits, ``full`` at 5 epochs went from 0.83 / 0.78 (head at
         1e-4, seeds 0 / 1) to 0.85 / 0.86 with the head at 1e-3.
         """
-        lr = lr or self.config.lr
-        head_lr = head_lr or self.config.head_lr or HEAD_LR_FACTOR * lr
+        lr = lr or self.lr
+        head_lr = head_lr or self.head_lr
         heads = {id(p) for p in model.heads.parameters()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         if head_lr == lr:
@@ -71,8 +104,8 @@ class Strategy:
         return [g for g in groups if g["params"]]
 
 
-#: How much faster new heads learn than the shared layers when ``--head-lr`` is not given.
-HEAD_LR_FACTOR = 10
+#: The new heads' learning rate when ``--head-lr`` is not given (``lr`` when that is higher).
+HEAD_LR = 1e-3
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", help_command="strategies",
                                                 plugins=("transferkit.strategies",))

@@ -12,6 +12,15 @@ BatchNorm shifts, as in the paper's LayerNorm terms), ``in_proj_bias`` of attent
 convolutions followed by BatchNorm thus train their BatchNorm shifts (and those BatchNorm
 layers, no longer fully frozen, update their running statistics). The heads train in full;
 ``--freeze`` keeps matching parameters frozen. A model without any bias is an error.
+
+Two stages. The paper trains the biases and a fresh classifier together for thousands of steps
+at up to 1e-3; in the few hundred a small target gives, the fresh head is what lags: on the
+embedded digits (MobileNetV2, 320 train images, 100 steps) that recipe ended at 0.80 test
+accuracy (0.73 with the head at 1e-2) against 0.90 for a linear probe. So, as in LP-FT (Kumar
+et al. 2022), the heads are first fitted on frozen features (``linear_probe``, train split
+only, L2 chosen on validation or by cross-validation), then ``bitfit`` trains the biases and
+heads from there at one rate, BatchNorm layers keeping the running statistics the probe's
+features were computed with (their shifts still train).
 """
 
 from transferkit.errors import ConfigError
@@ -28,9 +37,10 @@ def is_bias(name: str) -> bool:
 class BitFit(Strategy):
     summary = "only the shared layers' bias terms and the heads train (Ben Zaken et al. 2022)"
     paper = "Ben Zaken, Ravfogel & Goldberg 2022, BitFit: Simple Parameter-efficient Fine-tuning, ACL"
+    default_lr = 1e-3  # the top of the paper's grid {1e-4, 4e-4, 7e-4, 1e-3}: few parameters move, in few steps
 
     def train(self, model, trainer):
-        set_trainable(model, groups=[], heads=True)
+        self.probe_heads_first(model, trainer)
         biases = [p for name, p in model.backbone.named_parameters() if is_bias(name)]
         if not biases:
             raise ConfigError("Strategy 'bitfit' trains bias terms, but the shared layers of this model have none. "
@@ -38,4 +48,4 @@ class BitFit(Strategy):
         for p in biases:
             p.requires_grad_(True)
         freeze_matching(model, self.config.freeze)
-        trainer.fit(model, self.param_groups(model), stage="bitfit")
+        trainer.fit(model, self.param_groups(model, head_lr=self.lr), stage="bitfit", keep_norm_stats=True)

@@ -38,21 +38,22 @@ class GradualUnfreeze(Strategy):
     summary = "heads first, then one more layer group per epoch from the top (ULMFiT)"
     paper = "Howard & Ruder 2018, Universal Language Model Fine-tuning for Text Classification, ACL"
 
-    def schedule(self, model) -> list[list[str]]:
-        """The layer groups trained in each epoch (heads always train)."""
+    def schedule(self, model, epochs: int) -> list[list[str]]:
+        """The layer groups trained in each of ``epochs`` epochs (heads always train)."""
         groups = model.group_names()[:-1]  # input to output, without "heads"
-        epochs = self.config.epochs
         return [groups[len(groups) - groups_unfrozen(e, len(groups), epochs):] for e in range(epochs)]
 
     def train(self, model, trainer):
-        schedule = self.schedule(model)
+        schedule = self.schedule(model, trainer.config.epochs)  # the run's epochs, as its schedule sized them
 
         def unfreeze(epoch, _model):
             set_trainable(model, groups=schedule[epoch], heads=True)
             freeze_matching(model, self.config.freeze)
 
         unfreeze(0, model)
-        # One group holding every parameter: the Trainer drops param groups with nothing
-        # trainable at the start of a stage, and the backbone is frozen in epoch 0.
-        params = [{"params": list(model.parameters()), "lr": self.config.lr}]
+        # Every parameter is in a group from the start, frozen or not: the groups are fixed when the
+        # stage starts, and the shared layers are frozen in epoch 0.
+        heads = {id(p) for p in model.heads.parameters()}
+        params = [{"params": [p for p in model.parameters() if id(p) not in heads], "lr": self.lr, "name": "shared"},
+                  {"params": list(model.heads.parameters()), "lr": self.head_lr, "name": "heads"}]
         trainer.fit(model, params, stage="gradual_unfreeze", on_epoch_start=unfreeze)

@@ -95,6 +95,34 @@ def stage_learning_rates(metrics: dict, history: list[dict]) -> dict[str, str]:
     return out
 
 
+def recipe_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The schedule that ran (``metrics["recipe"]``) as (name, value) cells; ``(auto)`` marks what
+    transferkit sized because the user left it unset. Empty for runs that recorded no recipe."""
+    recipe = metrics.get("recipe")
+    if not recipe:
+        return []
+    auto = set(recipe.get("left_to_transferkit", []))
+
+    def mark(name: str, text: str, why: str = "") -> str:
+        if name not in auto:
+            return text + (f" ({why})" if why else "")
+        return f"{text} (auto{': ' + why if why else ''})"
+
+    steps = recipe.get("steps_per_epoch")
+    why_epochs = (f"at least {recipe['min_steps']} optimizer steps, {steps} per epoch" if recipe.get("min_steps")
+                  else f"{steps} optimizer steps per epoch" if steps else "")
+    rows = [("train examples", count(recipe.get("train_examples"))),
+            ("batch size", mark("batch_size", str(recipe.get("batch_size")))),
+            ("epochs", mark("epochs", str(recipe.get("epochs")), why_epochs)),
+            ("warm-up", f"{recipe.get('warmup_ratio', 0):.0%} of the steps, then cosine decay"),
+            ("learning rate, shared layers", mark("lr", f"{recipe.get('lr'):.2g}")),
+            ("learning rate, new heads", mark("head_lr", f"{recipe.get('head_lr'):.2g}")),
+            ("weights kept", str(recipe.get("weights_kept", "-")))]
+    if recipe.get("image_size"):
+        rows.append(("input size", mark("image_size", f"{recipe['image_size']} px")))
+    return rows
+
+
 def stage_rows(metrics: dict, history: list[dict]) -> list[dict[str, str]]:
     """Per training stage, as cells: ``stage``, ``epochs``, ``best_epoch``, ``best_val``,
     ``trainable``, ``lr``, ``seconds``, ``rate`` (examples per second); ``-`` where not recorded."""

@@ -10,6 +10,7 @@ from .facts import (
     group_rows,
     headline_rows,
     per_class_rows,
+    recipe_rows,
     stage_rows,
     task_rows,
     transfer_summary,
@@ -22,7 +23,7 @@ def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> lis
     ctx = ctx or {}
     data = metrics.get("data", {})
     return [*_headline(config, metrics), *_data(data), *_selection(ctx.get("ranking") or {"rows": []}),
-            *_transfer(config, metrics, ctx.get("transfer_map", [])), *_stages(metrics, ctx.get("history", [])),
+            *_transfer(config, metrics, ctx.get("transfer_map", [])), *_recipe(metrics), *_stages(metrics, ctx.get("history", [])),
             *_wise_ft(metrics), *_tasks(metrics), *_per_class(metrics), *_confusion(data, metrics),
             *_cost(metrics)]
 
@@ -82,6 +83,11 @@ def _transfer(config: dict, metrics: dict, transfer_map: list[dict]) -> list[str
     if groups:
         lines += ["", *_table(["layer group", "tensors", "parameters", "trainable", "origin"], groups)]
     return lines
+
+
+def _recipe(metrics: dict) -> list[str]:
+    rows = recipe_rows(metrics)
+    return ["", "## Schedule", "", *_table(["", "value"], [list(r) for r in rows])] if rows else []
 
 
 def _stages(metrics: dict, history: list[dict]) -> list[str]:

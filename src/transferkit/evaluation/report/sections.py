@@ -19,6 +19,7 @@ from .facts import (
     group_rows,
     headline_rows,
     per_class_rows,
+    recipe_rows,
     stage_learning_rates,
     stage_rows,
     task_rows,
@@ -190,6 +191,9 @@ def transfer_section(metrics: dict, transfer_map: list[dict], history: list[dict
         out += (f"<details><summary>Every layer group ({len(groups)})</summary>"
                 + table(["layer group", "tensors", "parameters", "trainable", "origin"], rows, {1, 2, 3})
                 + "</details>")
+    recipe = recipe_rows(metrics)
+    if recipe:
+        out += "<h3>Schedule</h3>" + key_values([(k, esc(v)) for k, v in recipe], "35%")
     lrs = stage_learning_rates(metrics, history)
     if lrs:
         out += ("<h3>Learning rates</h3>" + (f'<p class="note">{esc(_lr_settings(fit))}</p>' if fit else "")
