@@ -45,21 +45,25 @@ def text_table(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    """A 2-layer, 32-wide BERT with random weights and a word-level vocabulary, saved offline."""
+def save_random_bert(d, hidden: int = 32):
+    """A 2-layer BERT ``hidden`` wide with random weights (seed 0) and a word-level vocabulary, saved in ``d``."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    d = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "message", *sorted({w for ws in WORDS.values() for w in ws}),
              *[str(i) for i in range(10)]]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab=str(d / "vocab.txt")).save_pretrained(d)  # transformers 5 ignores `vocab_file=`
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
     BertModel(config).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with random weights and a word-level vocabulary, saved offline."""
+    return save_random_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")

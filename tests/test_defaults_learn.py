@@ -35,8 +35,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import TINY_IMAGE_SOURCE, WORDS
+from conftest import TINY_IMAGE_SOURCE, WORDS, save_random_bert
 from PIL import Image
 
 from transferkit import fit, load_task_data
@@ -79,17 +78,7 @@ def colour_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
     """A 2-layer, 128-wide BERT with random weights, on the word-level vocabulary of the keyword texts."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("bert-128")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "message", *sorted({w for ws in WORDS.values() for w in ws})]
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=256, max_position_embeddings=64)
-    BertModel(config).save_pretrained(d)
-    return d
+    return save_random_bert(tmp_path_factory.mktemp("bert-128"), hidden=128)
 
 
 @pytest.fixture(scope="module")

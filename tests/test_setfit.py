@@ -34,13 +34,7 @@ from transferkit.surgery import DEFAULT_TASK, build_target_model
 OPTIONS = {"strategy": "setfit", "lr": 5e-3, "baseline": False, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: tiny models run faster than with two on 2 shared, busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on one thread of 2 busy cores
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,7 @@ CANNOT_APPLY = {("lora", "lstm"): r"Strategy 'lora' found no layer to adapt .* L
                 **{("setfit", kind): r"`--strategy setfit` tunes a text encoder" for kind in ("image", "lstm")}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared, busy cores a second thread makes these tiny models ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on one thread of 2 busy cores
 
 
 # -- a tiny LSTM source, built by hand ---------------------------------------------------------
@@ -522,3 +516,15 @@ def test_strategies_compose_with_precision_and_accumulation(cpu_bf16, make, monk
         before, model, trainer = train_direct(strategy, task, src, cfg)
         assert trainer.accelerator.mixed_precision == expected
         assert all(math.isfinite(r["train_loss"]) for r in trainer.history)
+
+
+@pytest.mark.parametrize("bn_stats", ["keep", "update"])
+def test_batchnorm_statistics_are_kept_unless_asked_to_update(bn_stats, make):
+    task, src, cfg = make("image", bn_stats=bn_stats)
+    model = build_target_model(src, {DEFAULT_TASK: task.num_classes})
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    before = {n: (m.running_mean.clone(), m.weight.detach().clone()) for n, m in norms.items()}
+    get_strategy("full")(cfg).train(model, RecordingTrainer(cfg, task, src, verbose=False))
+    moved = {n for n, m in norms.items() if not torch.equal(m.running_mean, before[n][0])}
+    assert norms and moved == (set(norms) if bn_stats == "update" else set())
+    assert all(not torch.equal(m.weight, before[n][1]) for n, m in norms.items())  # their affine weights train

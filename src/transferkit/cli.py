@@ -149,7 +149,7 @@ def demo(
     out: Annotated[Path, Opt(help="Run directory to write.")] = Path("runs/demo"),
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Run the whole flow on the embedded digits dataset (about a minute on 2 CPU cores)."""
+    """Run the whole flow on the embedded digits dataset (about two minutes on 2 CPU cores)."""
     from transferkit.datasets import DEMO
 
     typer.echo(f"Demo: {DEMO.description}\nSource {DEMO.source}, strategy {DEMO.options['strategy']}, writing {out}")

@@ -197,7 +197,7 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
         torch.manual_seed(cfg.seed)
         scratch = fresh_network(src)  # train_target estimates its BatchNorm statistics, as for any @random source
         base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, head_lr=cfg.baseline_lr, freeze=[],
-                                       init_mix=0.0,
+                                       init_mix=0.0, bn_stats="update",  # a network trained from scratch
                                        wise_ft=False, reinit=[], report_to=[])
         model, _ = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir)
         proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
@@ -220,6 +220,7 @@ def describe_recipe(given: FitConfig, trainer, src: SourceModel) -> dict:
               "steps_per_epoch": steps_per_epoch(math.ceil(len(task.train) / num_processes()), cfg.batch_size,
                                                  cfg.grad_accum),
               "warmup_ratio": cfg.warmup_ratio, "lr": strategy.lr, "head_lr": strategy.head_lr,
+              "bn_stats": cfg.bn_stats,
               "weights_kept": (f"best epoch on {val} validation examples" if trainer.choose_on_val else
                                f"last epoch ({val} validation examples are too few to choose an epoch on)"),
               "left_to_transferkit": automatic}

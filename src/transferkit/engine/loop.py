@@ -164,9 +164,13 @@ class Trainer:
             train_set=None, val_set=None, keep_norm_stats: bool = False) -> None:
         """Trains the parameters in ``param_groups`` (each with its own ``lr``) for ``epochs``.
 
-        ``keep_norm_stats``: BatchNorm layers stay in inference mode (their running statistics
-        normalise and are not updated; their affine weights still train if trainable), so the
-        features keep the statistics a head was fitted on.
+        BatchNorm layers stay in inference mode (their running statistics normalise and are not
+        updated; their affine weights still train if trainable) with ``--bn-stats keep`` (the
+        default) or when ``keep_norm_stats`` (a strategy whose head was fitted on those features).
+        Statistics of a few dozen examples per batch, and of a target unlike the source's data,
+        shift every feature under the head: on 8 and 32 digits per class and 8 Fashion-MNIST
+        items per class (MobileNetV2, batches of 8-32), ``full`` went from 0.575 / 0.810 / 0.641
+        test accuracy with batch statistics to 0.833 / 0.888 / 0.694 with the running ones.
         """
         epochs = epochs or self.config.epochs
         index = len(self.stages)
@@ -176,7 +180,7 @@ class Trainer:
         st = self._prepare_stage(model, param_groups, index, epochs, penalty, on_epoch_start,
                                  self.train_set if train_set is None else train_set,
                                  self.val_set if val_set is None else val_set)
-        st.keep_norm_stats = keep_norm_stats
+        st.keep_norm_stats = keep_norm_stats or self.config.bn_stats == "keep"
         run = StageState(index, stage, epochs)
         restored = self._checkpoints.restore_partial(run, model, st.optimizer, st.scheduler, on_epoch_start)
         if restored is not None:

@@ -118,6 +118,10 @@ def recipe_rows(metrics: dict) -> list[tuple[str, str]]:
             ("learning rate, shared layers", mark("lr", f"{recipe.get('lr'):.2g}")),
             ("learning rate, new heads", mark("head_lr", f"{recipe.get('head_lr'):.2g}")),
             ("weights kept", str(recipe.get("weights_kept", "-")))]
+    if recipe.get("bn_stats"):
+        rows.append(("BatchNorm statistics", {"keep": "the source's, kept while training",
+                                              "update": "updated from each batch"}.get(recipe["bn_stats"],
+                                                                                       recipe["bn_stats"])))
     if recipe.get("image_size"):
         rows.append(("input size", mark("image_size", f"{recipe['image_size']} px")))
     return rows
