@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-val", type=int, default=15)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--head-dropout", type=float, default=0.2)
+    p.add_argument("--head-hidden", type=int, default=4,
+                   help="hidden width of the heads; 0: linear heads, whose probe stage is a convex fit")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--patience", type=int, default=0)
     p.add_argument("--precision", default="no")
@@ -144,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     task = tiny_task(args.n_train, args.n_val)
     torch.manual_seed(args.seed)
     source = tiny_source(args.dropout)
-    # a hidden layer: the probe stage is then trained by the loop (linear heads are a convex fit, no steps to kill)
-    model = build_target_model(source, {"label": 4}, 4, args.head_dropout)
+    # by default a hidden layer: the probe stage is then trained by the loop (linear heads are a convex fit,
+    # no steps to kill)
+    model = build_target_model(source, {"label": 4}, args.head_hidden, args.head_dropout)
     if args.step_delay:  # on the heads: they run in every stage, the probe on cached features included
         for head in model.heads.values():
             head.register_forward_pre_hook(lambda *_: time.sleep(args.step_delay))

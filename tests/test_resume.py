@@ -61,6 +61,26 @@ def test_sigkill_mid_epoch_then_resume_ends_bit_identical(reference, tmp_path, k
     assert result(out)["history"] == result(reference)["history"]
 
 
+def test_a_convex_probe_stage_comes_back_from_its_done_checkpoint(tmp_path):
+    """Linear heads: stage 0 is a convex fit (one ``done`` checkpoint, no steps); killed in stage 1,
+    the resumed run ends bit-identical to an uninterrupted one, with the same stage-0 record."""
+    convex = ("--strategy", "two_stage", "--head-hidden", "0", "--checkpoint-every", "2", "--epochs", "3")
+    reference = tmp_path / "reference"
+    run_here(reference, *convex)
+    assert result(reference)["stages"][0]["solver"]  # the convex path ran
+    out = tmp_path / "run"
+    proc = start(out, *convex, "--step-delay", "0.15")
+    wait_for(lambda: (out / "checkpoints" / "ckpt-s01-e0001-b000002").is_dir(), proc, out)
+    kill(proc, out)
+    log = run(out, *convex, "--resume")
+    assert "resuming from" in log and result(out)["resumed_from"].startswith("ckpt-s01-")
+    assert_identical(weights(out), weights(reference))
+    assert result(out)["history"] == result(reference)["history"]
+    timing = {"seconds", "examples_per_second"}
+    assert ({k: v for k, v in result(out)["stages"][0].items() if k not in timing}
+            == {k: v for k, v in result(reference)["stages"][0].items() if k not in timing})
+
+
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, tmp_path):
     out = tmp_path / "run"
     proc = start(out, *RUN, "--stall-write", "8")  # write 8 (ckpt-s01-e0000-b000004) stops after its first file
