@@ -16,6 +16,7 @@ from conftest import FAST, TINY_IMAGE_SOURCE
 from PIL import Image
 
 from transferkit.evaluation.report import ranking_rows, write_report
+from transferkit.evaluation.report.facts import recipe_rows
 
 SECTIONS = ("verdict", "data", "source", "transfer", "curves", "errors", "cost", "reproduce")
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -69,11 +70,24 @@ def test_fit_writes_a_self_contained_html_report(image_run):
                     "## Cost"):
         assert heading in md
     assert "report.html" in md
-    # the schedule that ran: the options given as given, what transferkit chose marked (auto)
-    assert "| batch size | 16 |" in md and "| input size | 32 px |" in md
-    assert re.search(r"\| epochs \| 2 \(\d+ optimizer steps per epoch\) \|", md)
-    assert "| learning rate, new heads | 0.001 (auto) |" in md
+    # what ran: a linear probe is a convex fit (no loop schedule to show), at the size given
+    assert re.search(r"\| convex head fit \| lbfgs logistic regression, L2 C = [\d.e-]+ \(.+\), fitted on \d+", md)
+    schedule = md.split("## Schedule")[1].split("\n## ")[0]
+    assert "| input size | 32 px |" in schedule and "| epochs |" not in schedule
     assert "<h3>Schedule</h3>" in html
+
+
+def test_schedule_rows_mark_what_transferkit_sized():
+    recipe = {"train_examples": 320, "batch_size": 32, "epochs": 10, "min_steps": 100, "steps_per_epoch": 10,
+              "warmup_ratio": 0.1, "lr": 1e-4, "head_lr": 1e-3, "batchnorm": ["kept"],
+              "weights_kept": "best epoch on 80 validation examples", "image_size": 64,
+              "left_to_transferkit": ["epochs", "lr", "head_lr", "image_size"]}
+    rows = dict(recipe_rows({"recipe": recipe}))
+    assert rows["batch size"] == "32"  # given
+    assert rows["epochs"] == "10 (auto: at least 100 optimizer steps, 10 per epoch)"
+    assert rows["learning rate, heads"] == "0.001 (auto)" and rows["input size"] == "64 px (auto)"
+    assert rows["BatchNorm statistics"] == "kept" and "convex head fit" not in rows
+    assert recipe_rows({}) == []
 
 
 def _fake_run(tmp_path, **metric_overrides):

@@ -202,3 +202,25 @@ def test_non_text_sources_are_refused():
         with pytest.raises(ConfigError, match=rf"`--strategy setfit` .* takes {modality} inputs\. .*"
                                               r"`--strategy linear_probe`"):
             get_strategy("setfit")(FitConfig(strategy="setfit")).train(None, trainer)
+
+
+def test_a_run_killed_after_the_pairs_resumes_without_tuning_again(text_table, bert, tmp_path, monkeypatch):
+    monkeypatch.setattr("transferkit.evaluation.report.write_report", lambda run_dir, **kwargs: None)
+    options = {**OPTIONS, "strategy": "setfit", "checkpoint_every": 1}
+    reference = fit(text_table, source=bert, out=tmp_path / "reference", verbose=False, **options)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the pair stage's `done` checkpoint
+    monkeypatch.setattr(Trainer, "fit_heads_on_features", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(text_table, source=bert, out=tmp_path / "run", verbose=False, **options)
+    monkeypatch.undo()
+    monkeypatch.setattr("transferkit.evaluation.report.write_report", lambda run_dir, **kwargs: None)
+
+    def tuned_again(*args, **kwargs):
+        raise AssertionError("the pair stage ran again instead of coming back from its checkpoint")
+    monkeypatch.setattr(get_strategy("setfit"), "tune_on_pairs", tuned_again)
+    resumed = fit(text_table, source=bert, out=tmp_path / "run", verbose=False, resume=True, **options)
+    assert resumed.metrics["stages"][0]["pairs"] == reference.metrics["stages"][0]["pairs"]
+    texts = ["win cash prize now", "team lunch meeting notes", "free report"]
+    np.testing.assert_allclose(resumed.predict_proba(texts), reference.predict_proba(texts), atol=1e-6)

@@ -86,9 +86,10 @@ class FitConfig:
     weight_decay: float = option(0.01, low=0.0, high=10.0, group="Training", help="AdamW weight decay.")
     warmup_ratio: float = option(0.1, low=0.0, high=0.9, group="Training",
                                  help="Fraction of steps with linear warm-up before the cosine decay.")
-    bn_stats: str = option("keep", choices=("keep", "update"), group="Training",
-                           help="BatchNorm while shared layers train: keep the source's running statistics, or "
-                                "update them from each batch (the no-transfer baseline always updates).")
+    bn_stats: str = option("auto", choices=("auto", "keep", "update"), group="Training",
+                           help="BatchNorm while shared layers train: keep the running statistics, or update them "
+                                "from each batch; auto keeps the source's trained ones (and those a probed head was "
+                                "fitted on) and updates a random init, --init-mix or --reinit.")
     patience: int = option(0, low=0, high=100000, group="Training",
                            help="Early-stopping patience in epochs on validation accuracy (0 = off).")
     precision: str = option("no", choices=PRECISIONS, group="Resume and scale",

@@ -208,24 +208,32 @@ def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool
 
 
 def describe_recipe(given: FitConfig, trainer, src: SourceModel) -> dict:
-    """The schedule and rates that ran, for metrics.json and the report; ``left_to_transferkit``
-    names the options ``given`` (the user's options) left unset, which transferkit sized."""
-    cfg, task = trainer.config, trainer.task
+    """What ran, for metrics.json and the report: the loop's schedule and rates (when a stage ran
+    the loop), the convex head fit (when one ran), the input size; ``left_to_transferkit`` names
+    the options ``given`` (the user's options) left unset, which transferkit sized."""
+    cfg, task, stages = trainer.config, trainer.task, trainer.stages
     strategy = get_strategy(cfg.strategy)(cfg)
-    automatic = [name for name in ("batch_size", "epochs", "lr", "head_lr", "image_size")
-                 if getattr(given, name) is None]
-    val = len(task.val)
-    recipe = {"train_examples": len(task.train), "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-              "min_steps": cfg.min_steps if given.epochs is None else None,
-              "steps_per_epoch": steps_per_epoch(math.ceil(len(task.train) / num_processes()), cfg.batch_size,
-                                                 cfg.grad_accum),
-              "warmup_ratio": cfg.warmup_ratio, "lr": strategy.lr, "head_lr": strategy.head_lr,
-              "bn_stats": cfg.bn_stats,
-              "weights_kept": (f"best epoch on {val} validation examples" if trainer.choose_on_val else
-                               f"last epoch ({val} validation examples are too few to choose an epoch on)"),
-              "left_to_transferkit": automatic}
+    recipe: dict = {"train_examples": len(task.train)}
+    if any("optimizer_steps" in s and "pairs" not in s for s in stages):  # the loop trained a stage
+        val = len(task.val)
+        kept = (f"best epoch on {val} validation examples" if trainer.choose_on_val else
+                f"last epoch ({val} validation examples are too few to choose an epoch on"
+                + ("; --patience not applied)" if cfg.patience else ")"))
+        recipe |= {"batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                   "min_steps": cfg.min_steps if given.epochs is None else None,
+                   "steps_per_epoch": steps_per_epoch(math.ceil(len(task.train) / num_processes()), cfg.batch_size,
+                                                      cfg.grad_accum),
+                   "warmup_ratio": cfg.warmup_ratio, "lr": strategy.lr, "head_lr": strategy.head_lr,
+                   "batchnorm": sorted({s["batchnorm"] for s in stages if "batchnorm" in s}),
+                   "weights_kept": kept}
+    convex = next((s for s in stages if "solver" in s), None)
+    if convex is not None:
+        recipe["head_fit"] = (f"{convex['solver']}, L2 C = {convex['l2_c']:g} ({convex['c_chosen_by']}), "
+                              f"fitted on {convex['fitted_on']} examples")
     if src.modality == "image":
         recipe["image_size"] = src.preprocessing.image_size
+    recipe["left_to_transferkit"] = [name for name in ("batch_size", "epochs", "lr", "head_lr", "image_size")
+                                     if getattr(given, name) is None and name in recipe]
     return recipe
 
 

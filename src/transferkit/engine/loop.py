@@ -147,6 +147,9 @@ class Trainer:
             raise ConfigError("`--resume` needs the run directory that holds the checkpoints (`--out`).")
         #: Name of the checkpoint this run resumed from (None for a fresh start).
         self.resumed_from: str | None = self._checkpoints.resumed_from
+        #: Whether the shared layers' BatchNorm statistics are the source's trained ones (``--bn-stats auto``).
+        self.source_statistics = (source.weights != "random init" and not config.init_mix
+                                  and not config.reinit)
         #: Whether the validation split is large enough to choose on (the best epoch, early
         #: stopping, a probe's L2); otherwise a stage keeps its last epoch.
         self.choose_on_val = validation_is_meaningful(val_labels[task.task_name], task.num_classes)
@@ -161,12 +164,14 @@ class Trainer:
     def fit(self, model: nn.Module, param_groups: list[dict], *, stage: str, epochs: int | None = None,
             penalty: Callable[[nn.Module], torch.Tensor] | None = None,
             on_epoch_start: Callable[[int, nn.Module], None] | None = None,
-            train_set=None, val_set=None, keep_norm_stats: bool = False) -> None:
+            train_set=None, val_set=None, keep_norm_stats: bool | None = None) -> None:
         """Trains the parameters in ``param_groups`` (each with its own ``lr``) for ``epochs``.
 
         BatchNorm layers stay in inference mode (their running statistics normalise and are not
-        updated; their affine weights still train if trainable) with ``--bn-stats keep`` (the
-        default) or when ``keep_norm_stats`` (a strategy whose head was fitted on those features).
+        updated; their affine weights still train if trainable) with ``--bn-stats keep``, or with
+        ``auto`` (the default) when the stage asks for it (``keep_norm_stats``: a strategy whose
+        head was fitted on those features) or, when it does not say, when the statistics are the
+        source's trained ones (not a random init, ``--init-mix`` or ``--reinit``).
         Statistics of a few dozen examples per batch, and of a target unlike the source's data,
         shift every feature under the head: on 8 and 32 digits per class and 8 Fashion-MNIST
         items per class (MobileNetV2, batches of 8-32), ``full`` went from 0.575 / 0.810 / 0.641
@@ -180,7 +185,9 @@ class Trainer:
         st = self._prepare_stage(model, param_groups, index, epochs, penalty, on_epoch_start,
                                  self.train_set if train_set is None else train_set,
                                  self.val_set if val_set is None else val_set)
-        st.keep_norm_stats = keep_norm_stats or self.config.bn_stats == "keep"
+        mode = self.config.bn_stats
+        st.keep_norm_stats = mode == "keep" or (mode == "auto" and (
+            self.source_statistics if keep_norm_stats is None else keep_norm_stats))
         run = StageState(index, stage, epochs)
         restored = self._checkpoints.restore_partial(run, model, st.optimizer, st.scheduler, on_epoch_start)
         if restored is not None:
@@ -293,13 +300,30 @@ class Trainer:
         seconds = time.perf_counter() - run.started
         self.stages.append({"stage": run.name, "epochs_run": run.epoch, "best_epoch": run.best_epoch,
                             "best_val_accuracy": run.best_accuracy, "trainable_parameters": st.trainable,
-                            "optimizer_steps": run.optimizer_steps, "seconds": seconds,
+                            "optimizer_steps": run.optimizer_steps,
+                            "batchnorm": "kept" if st.keep_norm_stats else "updated", "seconds": seconds,
                             "examples_per_second": run.examples * acc.num_processes / max(seconds, 1e-9)})
         self._save(st, run, done=True)
 
     def _save(self, st: _Stage, run: StageState, done: bool = False) -> None:
         """Hands the stage's state to the run's checkpoints (a no-op without a checkpoint directory)."""
         self._checkpoints.save(run, st.model, st.optimizer, st.scheduler, self.history, self.stages, done=done)
+
+    def external_stage(self, model: nn.Module, stage: str, train: Callable[[], dict]) -> None:
+        """A stage that another library's loop trains (``train()`` trains ``model`` in place and
+        returns the stage record, which this appends to ``stages``), checkpointed like the others:
+        its ``done`` checkpoint holds ``model``'s weights, and a resumed run restores them instead
+        of training again. Not checkpointed inside the stage (``--checkpoint-every`` does not apply)."""
+        index = len(self.stages)
+        if self._checkpoints.stage_is_complete(index):
+            self.history, self.stages = self._checkpoints.restore_complete(model, index, stage, None)
+            return
+        started = time.perf_counter()
+        record = train()
+        self.stages.append(record)
+        run = StageState(index, stage, 1)
+        run.epoch, run.best_epoch, run.started = 1, 1, started
+        self._checkpoints.save(run, model, None, None, self.history, self.stages, done=True)
 
     def fit_heads_on_features(self, model: TargetModel, *, stage: str = "linear_probe", refit: bool = True) -> None:
         """Trains only the heads, on shared-layer features computed once (no augmentation).
@@ -349,7 +373,7 @@ class Trainer:
         main = fits[self.task.task_name]
         val_acc = main.val_accuracy if main.val_accuracy is not None else 0.0  # held out even when refitted
         self.history.append({"stage": stage, "epoch": 1, "train_loss": main.train_loss, "val_loss": main.val_loss,
-                             "val_accuracy": val_acc, "lr": 0.0})
+                             "val_accuracy": val_acc})  # a convex fit: no learning rate
         seconds = time.perf_counter() - started
         self.stages.append({"stage": stage, "epochs_run": 1, "best_epoch": 1, "best_val_accuracy": val_acc,
                             "trainable_parameters": count_trainable(heads), "seconds": seconds,

@@ -91,8 +91,12 @@ def fit_linear_head(x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Ten
 
 
 def _fit_head(x: np.ndarray, y: np.ndarray, c: float, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) on the raw features: fitted on standardised ones, the scaling folded back in."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
+    """(weight, bias) on the raw features: fitted on standardised ones, the scaling folded back in.
+
+    A feature whose spread is below float32's resolution at its magnitude is treated as constant
+    (weight 0, ``_moments``): dividing by it would give float32 logits a huge weight times its mean.
+    """
+    mean, std = _moments(x)
     w, b = _full_rows(_fit(None, (x - mean) / std, y, c), num_classes, x.shape[1])
     return w / std, b - (w / std) @ mean
 
@@ -151,8 +155,15 @@ def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def _standardised(x_fit: np.ndarray, x_held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
+    mean, std = _moments(x_fit)
     return (x_fit - mean) / std, (x_held - mean) / std
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and spread; ``inf`` spread (the feature standardises to 0) where it is
+    below float32's resolution at the feature's magnitude."""
+    mean, std = x.mean(0), x.std(0)
+    return mean, np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, np.inf)
 
 
 def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

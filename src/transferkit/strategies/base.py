@@ -35,6 +35,9 @@ class Strategy:
     paper: ClassVar[str] = ""
     #: The shared layers' peak learning rate when ``--lr`` is not given.
     default_lr: ClassVar[float] = 1e-4
+    #: Whether the heads are fitted on frozen features first (``probe_heads_first``): the next stage
+    #: then trains them at the shared layers' rate, unless ``--head-lr`` is given.
+    probe_first: ClassVar[bool] = False
     #: The data modalities the strategy takes (``None``: every one).
     modalities: ClassVar[tuple[str, ...] | None] = None
 
@@ -60,15 +63,17 @@ class Strategy:
 
     @property
     def head_lr(self) -> float:
-        """The new heads' peak learning rate: ``--head-lr``, else ``HEAD_LR`` or ``lr`` if higher."""
-        return self.config.head_lr or max(HEAD_LR, self.lr)
+        """The heads' peak learning rate: ``--head-lr``; else ``lr`` for heads that arrive probed
+        (``probe_first``: one rate, as in LP-FT), and ``HEAD_LR`` or ``lr`` if higher for fresh ones."""
+        return self.config.head_lr or (self.lr if self.probe_first else max(HEAD_LR, self.lr))
 
     def probe_heads_first(self, model: TargetModel, trainer: Trainer) -> None:
         """Stage ``linear_probe``: the heads fitted on frozen shared-layer features, before a stage trains more.
 
         LP-FT's first step (Kumar et al. 2022): the next stage starts from a head that agrees with
-        the features. Convex, on the train split only (L2 chosen on validation or by
-        cross-validation); not refitted on validation, which the next stage selects its epoch on.
+        the features. Convex, fitted on the train split (its L2 chosen on validation, or by
+        cross-validation over train + val when validation is small); not refitted on validation,
+        which the next stage selects its epoch on.
         Follow it with ``trainer.fit(..., keep_norm_stats=True)`` so BatchNorm keeps the statistics
         the features were computed with.
         """

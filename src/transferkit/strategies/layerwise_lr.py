@@ -20,7 +20,7 @@ from transferkit.surgery.freezing import freeze_matching, set_trainable
 
 @register("layerwise_lr")
 class LayerwiseLR(Strategy):
-    summary = "all layers train, learning rate lr * lr_decay**k for the k-th group below the heads"
+    summary = "all layers train, lr * lr_decay**(k-1) for the k-th group below the heads (heads at head_lr)"
     paper = "Howard & Ruder 2018, ULMFiT (discriminative fine-tuning), ACL; Clark et al. 2020, ELECTRA, ICLR"
 
     def param_groups(self, model, lr=None, head_lr=None):

@@ -61,6 +61,7 @@ class LoRA(Strategy):
     # The paper's 4e-4-5e-4 (RoBERTa, GLUE) ran for 30-80 epochs; in a few hundred steps the
     # adapters need a larger step, as in PEFT's own examples (3e-4 to 5e-3).
     default_lr = 1e-3
+    probe_first = True
 
     def prepare(self, model):
         """Adds the adapters (idempotent: a model that has them already is returned as is)."""
@@ -99,7 +100,7 @@ class LoRA(Strategy):
         for name, p in model.backbone.named_parameters():
             p.requires_grad_("lora_" in name)
         freeze_matching(model, self.config.freeze)
-        trainer.fit(model, self.param_groups(model, head_lr=self.lr), stage="lora", keep_norm_stats=True)
+        trainer.fit(model, self.param_groups(model), stage="lora", keep_norm_stats=True)
 
 
 def merged_backbone(backbone: nn.Module) -> nn.Module:

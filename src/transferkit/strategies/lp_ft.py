@@ -7,9 +7,8 @@ early updates bend the features the head was going to rely on. Fitting the head 
 frozen features) means fine-tuning starts from a head that already agrees with the features,
 so the shared layers move less and keep more of what made them transferable.
 
-Stage 1 ``linear_probe``: shared layers frozen, heads fitted on features computed once (a
-convex fit on the train split, L2 chosen on validation or by cross-validation; not refitted on
-validation, which stage 2 selects its epoch on). Stage 2 ``fine_tune``: every layer (less ``--freeze``)
+Stage 1 ``linear_probe``: shared layers frozen, heads fitted on features computed once
+(``Strategy.probe_heads_first``). Stage 2 ``fine_tune``: every layer (less ``--freeze``)
 trains from the probed head at ``lr`` for ``epochs``; the paper uses a small learning rate
 here, so keep ``lr`` at or below the usual full fine-tuning rate. BatchNorm layers keep the
 running statistics the probe's features were computed with (``keep_norm_stats``): with batch
@@ -27,6 +26,7 @@ from transferkit.surgery.freezing import freeze_matching, set_trainable
 class LinearProbeThenFineTune(Strategy):
     summary = "linear probe on cached features, then full fine-tuning from that head (Kumar et al. 2022)"
     paper = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features and Underperform OOD, ICLR"
+    probe_first = True
 
     def train(self, model, trainer):
         # 1. Linear probe: only the heads learn, on features of the frozen shared layers.
@@ -35,5 +35,4 @@ class LinearProbeThenFineTune(Strategy):
         # 2. Fine-tune everything, starting from the probed head.
         set_trainable(model)
         freeze_matching(model, self.config.freeze)
-        trainer.fit(model, self.param_groups(model, head_lr=self.lr), stage="fine_tune",  # one rate: the head is fitted
-                    keep_norm_stats=True)
+        trainer.fit(model, self.param_groups(model), stage="fine_tune", keep_norm_stats=True)

@@ -45,7 +45,9 @@ Those SetFit settings that have no ``FitConfig`` option yet are the class attrib
 ``--epochs`` and ``--batch-size`` are not used for the pairs (transferkit sizes them for
 ordinary fine-tuning).
 
-Only text sources: the pairs are texts and the loss compares sentence embeddings.
+Only text sources: the pairs are texts and the loss compares sentence embeddings. Resume: the
+pair stage is checkpointed when it ends (``Trainer.external_stage``), so a run killed later
+comes back without tuning again; one killed inside it tunes again from the start.
 """
 
 from __future__ import annotations
@@ -179,14 +181,16 @@ class SetFit(Strategy):
         # 1. Contrastive pairs: the shared layers move, the heads wait.
         set_trainable(model, heads=False)
         freeze_matching(model, self.config.freeze)
-        self.tune_on_pairs(model, trainer)
+        trainer.external_stage(model, "setfit", lambda: self.tune_on_pairs(model, trainer))
         # 2. The heads, fitted on the tuned encoder's features.
         set_trainable(model, groups=[], heads=True)
         freeze_matching(model, self.config.freeze)
-        trainer.fit_heads_on_features(model, stage="linear_probe")
+        # refitted on train + val, unless WiSE-FT chooses its alpha on val afterwards
+        trainer.fit_heads_on_features(model, stage="linear_probe", refit=not self.config.wise_ft)
 
     def tune_on_pairs(self, model, trainer, stage: str = "setfit") -> dict:
-        """Stage 1: the shared layers trained on ``contrastive_pairs`` of the train split; returns its record."""
+        """Stage 1: the shared layers trained on ``contrastive_pairs`` of the train split; returns its
+        record (``Trainer.external_stage`` appends and checkpoints it)."""
         import sentence_transformers
         from datasets import Dataset
         from sentence_transformers import SentenceTransformerTrainingArguments
@@ -246,7 +250,6 @@ class SetFit(Strategy):
         row = {"stage": stage, "epoch": self.pair_epochs, "train_loss": float(output.training_loss), "lr": self.lr}
         trainer.history.append(row)
         trainer.tracking.log_epoch(row)
-        trainer.stages.append(record)
         model.to(acc.device)
         return record
 

@@ -96,8 +96,8 @@ def stage_learning_rates(metrics: dict, history: list[dict]) -> dict[str, str]:
 
 
 def recipe_rows(metrics: dict) -> list[tuple[str, str]]:
-    """The schedule that ran (``metrics["recipe"]``) as (name, value) cells; ``(auto)`` marks what
-    transferkit sized because the user left it unset. Empty for runs that recorded no recipe."""
+    """What ran (``metrics["recipe"]``) as (name, value) cells; ``(auto)`` marks what transferkit
+    sized because the user left it unset. Empty for runs that recorded no recipe."""
     recipe = metrics.get("recipe")
     if not recipe:
         return []
@@ -108,20 +108,20 @@ def recipe_rows(metrics: dict) -> list[tuple[str, str]]:
             return text + (f" ({why})" if why else "")
         return f"{text} (auto{': ' + why if why else ''})"
 
-    steps = recipe.get("steps_per_epoch")
-    why_epochs = (f"at least {recipe['min_steps']} optimizer steps, {steps} per epoch" if recipe.get("min_steps")
-                  else f"{steps} optimizer steps per epoch" if steps else "")
-    rows = [("train examples", count(recipe.get("train_examples"))),
-            ("batch size", mark("batch_size", str(recipe.get("batch_size")))),
-            ("epochs", mark("epochs", str(recipe.get("epochs")), why_epochs)),
-            ("warm-up", f"{recipe.get('warmup_ratio', 0):.0%} of the steps, then cosine decay"),
-            ("learning rate, shared layers", mark("lr", f"{recipe.get('lr'):.2g}")),
-            ("learning rate, new heads", mark("head_lr", f"{recipe.get('head_lr'):.2g}")),
-            ("weights kept", str(recipe.get("weights_kept", "-")))]
-    if recipe.get("bn_stats"):
-        rows.append(("BatchNorm statistics", {"keep": "the source's, kept while training",
-                                              "update": "updated from each batch"}.get(recipe["bn_stats"],
-                                                                                       recipe["bn_stats"])))
+    rows = [("train examples", count(recipe.get("train_examples")))]
+    if "epochs" in recipe:  # the loop trained a stage
+        steps = recipe.get("steps_per_epoch")
+        why_epochs = (f"at least {recipe['min_steps']} optimizer steps, {steps} per epoch" if recipe.get("min_steps")
+                      else f"{steps} optimizer steps per epoch" if steps else "")
+        rows += [("batch size", mark("batch_size", str(recipe["batch_size"]))),
+                 ("epochs", mark("epochs", str(recipe["epochs"]), why_epochs)),
+                 ("warm-up", f"{recipe.get('warmup_ratio', 0):.0%} of the steps, then cosine decay"),
+                 ("learning rate, shared layers", mark("lr", f"{recipe['lr']:.2g}")),
+                 ("learning rate, heads", mark("head_lr", f"{recipe['head_lr']:.2g}")),
+                 ("BatchNorm statistics", " and ".join(recipe.get("batchnorm", [])) or "-"),
+                 ("weights kept", str(recipe.get("weights_kept", "-")))]
+    if recipe.get("head_fit"):
+        rows.append(("convex head fit", recipe["head_fit"]))
     if recipe.get("image_size"):
         rows.append(("input size", mark("image_size", f"{recipe['image_size']} px")))
     return rows

@@ -204,7 +204,7 @@ def transfer_section(metrics: dict, transfer_map: list[dict], history: list[dict
 
 def _lr_settings(fit: dict) -> str:
     parts = [f"peak lr {fit.get('lr'):g} for fine-tuning stages" if is_number(fit.get("lr")) else "",
-             f"probe_lr {fit.get('probe_lr'):g} for heads on cached features"
+             f"probe_lr {fit.get('probe_lr'):g} for heads with a hidden layer on cached features"
              if is_number(fit.get("probe_lr")) else "",
              f"lr_decay {fit.get('lr_decay'):g} per group toward the input (layerwise_lr)"
              if fit.get("strategy") == "layerwise_lr" else ""]
