@@ -25,7 +25,7 @@ computed with (their shifts still train). Demo digits, seed 0: 0.94.
 
 from transferkit.errors import ConfigError
 from transferkit.strategies.base import Strategy, register
-from transferkit.surgery.freezing import freeze_matching, set_trainable
+from transferkit.surgery.freezing import freeze_matching
 
 
 def is_bias(name: str) -> bool:
