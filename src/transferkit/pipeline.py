@@ -61,8 +61,9 @@ def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: Out
     task = data if isinstance(data, TaskData) else load_task_data(data, **data_options(given))
     cfg = resolve_options(given, task)  # what ran; `given` (the user's options) is what config.json keeps
     check_validation_split(task, cfg, source)
-    if not get_strategy(cfg.strategy).takes(task.modality):  # before any weights load
-        takes = ", ".join(get_strategy(cfg.strategy).modalities)
+    strategy = get_strategy(cfg.strategy)
+    if not strategy.takes(task.modality):  # before any weights load
+        takes = ", ".join(strategy.modalities)
         raise ConfigError(f"`--strategy {cfg.strategy}` trains on {takes} data, and this data is {task.modality}. "
                           f"Use a strategy for {task.modality} data, e.g. `--strategy linear_probe` or `full` "
                           "(`transferkit strategies` lists them).")

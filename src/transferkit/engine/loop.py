@@ -319,11 +319,8 @@ class Trainer:
             self.history, self.stages = self._checkpoints.restore_complete(model, index, stage, None)
             return
         started = time.perf_counter()
-        record = train()
-        self.stages.append(record)
-        run = StageState(index, stage, 1)
-        run.epoch, run.best_epoch, run.started = 1, 1, started
-        self._checkpoints.save(run, model, None, None, self.history, self.stages, done=True)
+        self.stages.append(train())
+        self._save_one_step_stage(model, index, stage, started)
 
     def fit_heads_on_features(self, model: TargetModel, *, stage: str = "linear_probe", refit: bool = True) -> None:
         """Trains only the heads, on shared-layer features computed once (no augmentation).
@@ -378,9 +375,14 @@ class Trainer:
         self.stages.append({"stage": stage, "epochs_run": 1, "best_epoch": 1, "best_val_accuracy": val_acc,
                             "trainable_parameters": count_trainable(heads), "seconds": seconds,
                             "examples_per_second": main.fitted_on / max(seconds, 1e-9), **main.record()})
+        self._save_one_step_stage(heads, index, stage, started, val_acc)
+
+    def _save_one_step_stage(self, model: nn.Module, index: int, stage: str, started: float,
+                             best_accuracy: float = -1.0) -> None:
+        """The ``done`` checkpoint of a stage that ran in one go, not through the loop (no optimizer)."""
         run = StageState(index, stage, 1)
-        run.epoch, run.best_epoch, run.best_accuracy, run.started = 1, 1, val_acc, started
-        self._checkpoints.save(run, heads, None, None, self.history, self.stages, done=True)
+        run.epoch, run.best_epoch, run.best_accuracy, run.started = 1, 1, best_accuracy, started
+        self._checkpoints.save(run, model, None, None, self.history, self.stages, done=True)
 
     @staticmethod
     def _release(acc) -> None:
