@@ -81,14 +81,14 @@ def main() -> None:
     folder = fashion_mnist_folder(WORK / f"fmnist-ft-{per_class}", per_class, 0, 10)
     workloads["image"] = dict(task=load_task_data(folder, seed=0), source=load_source("mobilenet_v2"),
                               cfg=FitConfig(strategy="full", image_size=64, batch_size=32, epochs=2,
-                                            baseline=False, seed=0))
+                                            baseline="none", seed=0))
     if not args.skip_text:
         WORK.mkdir(parents=True, exist_ok=True)
         table = spam_table(WORK / f"spam-{emails}.csv", n=emails, seed=0)
         tiny = make_tiny_bert(WORK / "tiny-bert")
         workloads["text"] = dict(task=load_task_data(table, seed=0), source=load_source(f"hf:{tiny}"),
                                  cfg=FitConfig(strategy="full", max_length=128, batch_size=16,
-                                               epochs=1, lr=5e-4, baseline=False, seed=0))
+                                               epochs=1, lr=5e-4, baseline="none", seed=0))
 
     recorded: list[float] = []
     original_loss = engine_loop.Trainer._loss

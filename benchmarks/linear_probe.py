@@ -60,7 +60,7 @@ def main() -> None:
     folder = fashion_mnist_folder(WORK / f"fmnist-lp-{per_class}-{test_per_class}", per_class, 0, test_per_class)
     task = load_task_data(folder, seed=0)
     batch, size = 64, 64
-    cfg = FitConfig(strategy="linear_probe", image_size=size, batch_size=batch // 2, baseline=False, seed=0)
+    cfg = FitConfig(strategy="linear_probe", image_size=size, batch_size=batch // 2, baseline="none", seed=0)
     src = load_source("mobilenet_v2")
     src.preprocessing.image_size = size
     transform = input_pipeline(src, train=False).transform  # the same eval transform for every variant

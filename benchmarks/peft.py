@@ -43,14 +43,14 @@ def child(strategy: str, workload: str, quick: bool, threads: int) -> None:
         per_class = 10 if quick else 20
         task = load_task_data(fashion_mnist_folder(WORK / f"fmnist-ft-{per_class}", per_class, 0, 10), seed=0)
         src = load_source("mobilenet_v2")
-        cfg = FitConfig(strategy=strategy, image_size=64, batch_size=32, epochs=2, baseline=False, seed=0,
+        cfg = FitConfig(strategy=strategy, image_size=64, batch_size=32, epochs=2, baseline="none", seed=0,
                         lr=1e-4 if strategy == "full" else 1e-3)
     else:
         n = 60 if quick else 120
         WORK.mkdir(parents=True, exist_ok=True)
         task = load_task_data(spam_table(WORK / f"spam-{n}.csv", n=n, seed=0), seed=0)
         src = load_source("minilm")
-        cfg = FitConfig(strategy=strategy, max_length=128, batch_size=16, epochs=1, baseline=False, seed=0,
+        cfg = FitConfig(strategy=strategy, max_length=128, batch_size=16, epochs=1, baseline="none", seed=0,
                         lr=5e-5 if strategy == "full" else 5e-4)
     before = psutil.Process().memory_info().rss / 2**20
     with Timer() as t:

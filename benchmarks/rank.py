@@ -202,8 +202,8 @@ def agreement(args, root: Path) -> dict:
     # What decides in `--source auto`: a short run of the user's strategy. Two of them here,
     # with FitConfig's defaults otherwise (the same config for every candidate).
     truths = {"full": FitConfig(strategy="full", epochs=args.agreement_epochs, image_size=args.agreement_size,
-                                baseline=False),
-              "linear_probe": FitConfig(strategy="linear_probe", image_size=args.agreement_size, baseline=False)}
+                                baseline="none"),
+              "linear_probe": FitConfig(strategy="linear_probe", image_size=args.agreement_size, baseline="none")}
     out = {}
     for target, folder in targets.items():
         task = load_task_data(folder)

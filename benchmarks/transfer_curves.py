@@ -22,7 +22,9 @@ split from those N, so N is the whole label budget):
 Text task (SpamAssassin, spam vs ham; fixed test set of ``--text-test-per-class`` per class):
 
 - ``minilm_probe``: packaged ``minilm`` (all-MiniLM-L6-v2), ``linear_probe``, ``--max-length`` tokens;
-- ``tfidf``: transferkit's TF-IDF + logistic regression baseline (C chosen on validation).
+- ``tfidf``: transferkit's classical text baseline, ``evaluation.baseline.tfidf_baseline`` (TF-IDF word
+  1-2 + char_wb 2-5 grams, logistic regression; C chosen on validation, or by k-fold CV when it is small;
+  numbers in docs/BENCHMARKS.md from before the char n-grams used word 1-2 grams and validation only).
 
 The plot goes to ``docs/transfer_curves.png``; the last stdout line is the JSON of every number.
 
@@ -90,7 +92,7 @@ def main() -> None:
 
     def probe(task, src, seed, **extra):
         s = fresh(src)
-        cfg = FitConfig(strategy="linear_probe", batch_size=32, baseline=False, seed=seed, **extra)
+        cfg = FitConfig(strategy="linear_probe", batch_size=32, baseline="none", seed=seed, **extra)
         model, _ = train_target(task, s, cfg, verbose=False)
         proba = predict_proba(model, s, task.test.examples, batch_size=64)
         return float((proba.argmax(1) == task.test.labels).mean())
@@ -108,7 +110,7 @@ def main() -> None:
                     folder = image_folder(other, WORK / f"{other}-src-{args.source_per_class}", args.source_per_class,
                                           seed=99, test_per_class=10)
                     run = fit(folder, source="mobilenet_v2", strategy="full", out=run_dir, verbose=False,
-                              image_size=args.image_size, epochs=2, baseline=False, seed=0)
+                              image_size=args.image_size, epochs=2, baseline="none", seed=0)
                 log(f"source run on {other}: test accuracy {run.metrics['test_accuracy']:.3f} ({t.seconds:.0f}s)")
             other_sources[ds] = load_source(f"run:{run_dir}")
         for ds in image_sets:
@@ -130,7 +132,7 @@ def main() -> None:
                         torch.manual_seed(seed)
                         s = load_source("mobilenet_v2@random")  # a fresh random draw per seed
                         cfg = FitConfig(strategy="full", image_size=args.image_size, epochs=args.scratch_epochs, lr=1e-3,
-                                        batch_size=32, baseline=False, seed=seed)
+                                        batch_size=32, baseline="none", seed=seed)
                         model, _ = train_target(task, s, cfg, verbose=False)
                         acc = float((predict_proba(model, s, task.test.examples, batch_size=64).argmax(1)
                                      == task.test.labels).mean())

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = FitConfig(strategy="full", epochs=args.epochs, probe_epochs=args.probe_epochs, batch_size=args.batch_size,
                     grad_accum=args.grad_accum, lr=args.lr, probe_lr=args.lr, seed=args.seed, patience=args.patience,
                     head_dropout=args.head_dropout, num_workers=args.num_workers, warmup_ratio=0.2, precision=args.precision,
-                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, baseline=False)
+                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, baseline="none")
     task = tiny_task(args.n_train, args.n_val)
     torch.manual_seed(args.seed)
     source = tiny_source(args.dropout)

@@ -18,7 +18,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 #: A fast image source: timm's 0.1M-parameter test EfficientNet with random weights.
 TINY_IMAGE_SOURCE = "timm:test_efficientnet@random"
 #: Options that make a fit take seconds.
-FAST = {"epochs": 2, "probe_epochs": 5, "batch_size": 16, "image_size": 32, "baseline": False}
+FAST = {"epochs": 2, "probe_epochs": 5, "batch_size": 16, "image_size": 32, "baseline": "none"}
 
 WORDS = {"spam": ["win", "cash", "prize", "free", "offer", "click"],
          "ham": ["meeting", "lunch", "report", "project", "team", "notes"]}

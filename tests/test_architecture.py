@@ -36,7 +36,7 @@ LAYERS = [
     ("runs", ["transferkit.runs"]),
     ("training", ["transferkit.training"]),
     ("selection", ["transferkit.selection"]),
-    ("commands", ["transferkit.pipeline", "transferkit.predict", "transferkit.export"]),
+    ("commands", ["transferkit.pipeline", "transferkit.audit", "transferkit.predict", "transferkit.export"]),
     ("interface", ["transferkit.cli", "transferkit.__main__", "transferkit"]),
 ]
 #: Plugins that sit above the registry they fill, discovered by name on the registry's first read

@@ -25,7 +25,7 @@ from transferkit.surgery import build_target_model
 from transferkit.surgery.freezing import freeze_matching, set_trainable
 
 #: Options that make an audio fit take seconds.
-FAST = {"epochs": 2, "probe_epochs": 8, "batch_size": 8, "baseline": False, "lr": 1e-3, "probe_lr": 1e-2}
+FAST = {"epochs": 2, "probe_epochs": 8, "batch_size": 8, "baseline": "none", "lr": 1e-3, "probe_lr": 1e-2}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -249,14 +249,18 @@ def test_hf_audio_features_rank_style(kind, tiny_hf_audio, tones, tmp_path):
     np.testing.assert_allclose(alone.features[0], first.features[3], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind, strategy, baseline", [("wav2vec2", "full", False), ("ast", "linear_probe", True)])
+@pytest.mark.parametrize("kind, strategy, baseline", [("wav2vec2", "full", "none"), ("ast", "linear_probe", "both")])
 def test_hf_audio_fit_reload_and_predict(kind, strategy, baseline, tiny_hf_audio, tones, tmp_path):
     out = tmp_path / "run"
     run = fit(tones, source=f"hf:{tiny_hf_audio[kind]}", strategy=strategy, out=out, verbose=False,
               **{**FAST, "epochs": 1, "baseline": baseline})
     assert 0 <= run.metrics["test_accuracy"] <= 1
-    if baseline:
-        assert "from random init" in run.metrics["baseline"] and "baseline_test_accuracy" in run.metrics
+    if baseline == "both":  # the classical log-mel one is the main baseline, the scratch one beside it
+        assert run.metrics["baseline"] == "logmel_logreg" and "baseline_test_accuracy" in run.metrics
+        assert "from random init" in run.metrics["scratch_baseline_description"]
+        assert "scratch_baseline_test_accuracy" in run.metrics
+    else:
+        assert not any("baseline" in key for key in run.metrics)
     clips = sorted(tones.rglob("*.wav"))[:4]
     again = load_run(out)
     np.testing.assert_allclose(run.predict_proba(clips), again.predict_proba(clips), atol=1e-5)

@@ -207,7 +207,7 @@ def messy_run(tmp_path_factory):
     digit_image(6).save(root / "b" / "grey.jpg")  # mode L
     out = root.parent / "run"
     code, stdout, err = cli(["fit", root, "--source", TINY_IMAGE_SOURCE, "--out", out, "--skip-bad", "--quiet",
-                             "--no-baseline", "--epochs", "1", "--probe-epochs", "2", "--image-size", "32",
+                             "--baseline", "none", "--epochs", "1", "--probe-epochs", "2", "--image-size", "32",
                              "--batch-size", "16"])
     assert code == 0, err
     return {"out": out, "stdout": stdout, "root": root}

@@ -107,6 +107,8 @@ RANGES = [
     ("task_weights", {"topic": NAN}, "`--task-weight` for 'topic' must be a finite number >= 0; got nan."),
     ("task_weights", {"topic": -1}, "`--task-weight` for 'topic' must be a finite number >= 0; got -1."),
     ("precision", "fp8", "`--precision` must be one of no, bf16, fp16; got 'fp8'."),
+    ("baseline", "bogus", "`--baseline` must be one of classical, scratch, both, none; got 'bogus'."),
+    ("baseline", 1, "`--baseline` must be one of classical, scratch, both, none; got 1."),
     ("image_size", 8, "`--image-size` must be between 16 and 1024 pixels; got 8."),
     ("max_length", 2, "`--max-length` must be between 4 and 8192 tokens; got 2."),
     ("report_to", ["wandb"], "`--report-to` takes 'tensorboard' or 'mlflow'; got 'wandb'."),
@@ -159,7 +161,7 @@ def test_config_files_bad_syntax_and_yaml_scientific_notation(tmp_path):
 
 # -- a 3-class run meets a 2-class task ---------------------------------------------------------------
 
-FAST = ["--quiet", "--no-baseline", "--epochs", "1", "--probe-epochs", "2", "--image-size", "32", "--batch-size", "16"]
+FAST = ["--quiet", "--baseline", "none", "--epochs", "1", "--probe-epochs", "2", "--image-size", "32", "--batch-size", "16"]
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def test_skip_bad_trains_on_the_good_rows_and_records_the_rest(tmp_path, tiny_be
     table.write_bytes(raw.encode("utf-8", errors="surrogateescape"))
     out = tmp_path / "run"
     code, _, err = cli(["fit", table, "--source", f"hf:{tiny_bert_dir}", "--out", out, "--skip-bad", "--quiet",
-                        "--no-baseline", "--probe-epochs", "2", "--batch-size", "16"])
+                        "--baseline", "none", "--probe-epochs", "2", "--batch-size", "16"])
     assert code == 0, err
     data = json.loads((out / "metrics.json").read_text())["data"]
     assert [s["file"] for s in data["skipped"]] == ["row 4", "row 7", "row 11"]

@@ -66,7 +66,7 @@ def test_sources_and_strategies_list(capsys):
 def test_fit_then_predict_writes_probabilities(tmp_path, capsys, image_folder):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(["fit", str(image_folder), "--source", TINY_IMAGE_SOURCE, "--out", str(out),
-                               "--epochs", "1", "--probe-epochs", "3", "--image-size", "32", "--no-baseline",
+                               "--epochs", "1", "--probe-epochs", "3", "--image-size", "32", "--baseline", "none",
                                "--quiet"], capsys)
     assert code == 0 and "test accuracy" in stdout
     preds = tmp_path / "p.csv"

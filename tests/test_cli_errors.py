@@ -20,7 +20,7 @@ from test_bad_images import cli
 from transferkit.data.synthetic import write_image_folder
 from transferkit.pipeline import fit
 
-QUICK = [*(f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "baseline"), "--no-baseline", "--quiet",
+QUICK = [*(f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "baseline"), "--baseline", "none", "--quiet",
          "--source", TINY_IMAGE_SOURCE]
 
 
@@ -96,7 +96,7 @@ def case_max_length_above_the_positions(world, tmp_path, monkeypatch):
     table = tmp_path / "t.csv"
     table.write_text("text,label\n" + "".join(f"win cash {i},spam\nteam lunch {i},ham\n" for i in range(12)))
     bert = json.loads((world / "text-run" / "config.json").read_text())["source"]["id"]
-    return ["fit", str(table), "--source", bert, "--out", str(tmp_path / "out"), "--quiet", "--no-baseline",
+    return ["fit", str(table), "--source", bert, "--out", str(tmp_path / "out"), "--quiet", "--baseline", "none",
             "--max-length", "4096"], "`--max-length` 4096 is more tokens than"
 
 
@@ -189,7 +189,7 @@ def case_file_json_not_an_object(world, tmp_path, monkeypatch):
     save_file({"w": torch.zeros(1)}, tmp_path / "m.safetensors")
     (tmp_path / "m.json").write_text("[1, 2]")
     return ["fit", str(world / "data"), "--source", f"file:{tmp_path / 'm.safetensors'}", "--out",
-            str(tmp_path / "out"), "--quiet", "--no-baseline"], ""
+            str(tmp_path / "out"), "--quiet", "--baseline", "none"], ""
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]

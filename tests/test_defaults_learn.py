@@ -3,7 +3,7 @@
 The other strategy tests pass their own learning rates and epochs, so a default that trains
 nothing (a learning rate too small for the steps a run takes, too few steps, a head that never
 fits) passes them all. Here each strategy runs with no training option at all: only
-``baseline=False``, the seed and, for speed, the input size of the tiny image source. The data
+``baseline="none"``, the seed and, for speed, the input size of the tiny image source. The data
 are a few dozen examples whose classes differ visibly (images: the colour of a noisy picture;
 texts: class-specific keywords), so a recipe that works must
 
@@ -99,7 +99,7 @@ def test_strategy_learns_a_toy_task_at_its_defaults(strategy, kind, colour_folde
     monkeypatch.setattr("transferkit.evaluation.report.write_report", lambda *args, **kwargs: None)  # no report
     data, source = {"image": (colour_folder, TINY_IMAGE_SOURCE), "text": (keyword_table, f"hf:{bert_dir}")}[kind]
     task = load_task_data(data)
-    options = dict(source=source, strategy=strategy, verbose=False, baseline=False, seed=SEED, **SPEED[kind])
+    options = dict(source=source, strategy=strategy, verbose=False, baseline="none", seed=SEED, **SPEED[kind])
     if not get_strategy(strategy).takes(task.modality):  # refused before any weights load, in one sentence
         with pytest.raises(ConfigError, match=f"`--strategy {strategy}` trains on .*this data is {task.modality}"):
             fit(data, **options)

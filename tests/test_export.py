@@ -56,7 +56,7 @@ def first_token_text_run(text_table, tiny_bert_dir, tmp_path_factory):
             patch.setattr(hf_source, "text_source", lambda *a, **k: build(*a, **{**k, "pooling": "cls"}))
         for head, hidden in (("linear", 0), ("hidden", 16)):
             runs[head] = fit_run(text_table, root / head, f"hf:{tiny_bert_dir}", strategy="full", lr=1e-3,
-                                 baseline=True, head_hidden=hidden, **({"pooling": "cls"} if has_option else {}))
+                                 baseline="classical", head_hidden=hidden, **({"pooling": "cls"} if has_option else {}))
     for run in runs.values():
         assert json.loads((run / "config.json").read_text())["source"]["spec"]["pooling"] == "cls"
     return runs

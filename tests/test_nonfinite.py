@@ -50,7 +50,7 @@ def test_training_stops_at_the_step_that_goes_non_finite_and_names_it(strategy, 
     calls = _poison_loss(monkeypatch, at_call=3, value=value)
     out = tmp_path / "run"
     code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--strategy", strategy, "--out", out, "--quiet",
-                        "--no-baseline", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
+                        "--baseline", "none", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
                         "--probe-epochs", "2", "--lr", "0.003", "--probe-lr", "0.003", *head])
     assert code == 2
     stage = "full" if strategy == "full" else "linear_probe"
@@ -87,7 +87,7 @@ def test_weights_that_went_nan_on_a_finite_loss_are_never_written(data, tmp_path
     out = tmp_path / "run"
     # one optimiser step in all: every training loss is finite, the weights after it are NaN (a hidden
     # layer makes the probe's head gradient-trained)
-    code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--out", out, "--quiet", "--no-baseline",
+    code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--out", out, "--quiet", "--baseline", "none",
                         "--image-size", "32", "--batch-size", "64", "--probe-epochs", "1", "--head-hidden", "8"])
     assert code == 2
     # the engine checks the weights before its epoch-end checkpoint, so the stop comes there
@@ -153,7 +153,7 @@ def test_nan_features_stop_training_with_a_hint_to_check_the_inputs(data, tmp_pa
                                                  r"first at train example 0\) in stage 'linear_probe'; .* Check the "
                                                  r"inputs for NaN"):
         transferkit.pipeline.fit(data, source=TINY_IMAGE_SOURCE, out=tmp_path / "run", image_size=32,
-                                 probe_epochs=1, baseline=False, verbose=False)
+                                 probe_epochs=1, baseline="none", verbose=False)
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -162,7 +162,7 @@ def test_a_normal_run_writes_finite_weights_and_metrics(data, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--out", out, "--quiet", "--no-baseline",
+    code, _, err = cli(["fit", data, "--source", TINY_IMAGE_SOURCE, "--out", out, "--quiet", "--baseline", "none",
                         "--image-size", "32", "--probe-epochs", "2"])
     assert code == 0, err
     assert all(bool(torch.isfinite(t).all()) for t in load_file(out / "model.safetensors").values())

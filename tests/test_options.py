@@ -32,7 +32,7 @@ def test_every_option_has_a_flag_a_help_and_a_group():
 
 
 def test_the_reproduce_line_rebuilds_the_same_config(image_folder, tmp_path):
-    options = dict(epochs=1, probe_epochs=3, batch_size=8, image_size=32, baseline=False, lr=0.002, seed=3,
+    options = dict(epochs=1, probe_epochs=3, batch_size=8, image_size=32, baseline="none", lr=0.002, seed=3,
                    split_seed=2, val_fraction=0.25, head_hidden=8, head_dropout=0.1, augment=False, lora_r=4,
                    freeze=["group0"], task_weights={"label": 0.5}, warmup_ratio=0.2, keep_checkpoints=3)
     fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=tmp_path / "a", verbose=False, **options)

@@ -10,14 +10,12 @@ import pytest
 import torch
 
 from transferkit.cli import main
-from transferkit.config import FitConfig
 from transferkit.data import load_task_data
 from transferkit.data.synthetic import write_image_folder
 from transferkit.errors import ConfigError, UnknownNameError
 from transferkit.features import with_image_size
 from transferkit.scoring import SCORERS
 from transferkit.ranking import DEFAULT_SCORE, default_candidates, markdown_table, rank_sources, write_ranking
-from transferkit.selection import select_source
 from transferkit.sources import load_source
 
 TINY = ["timm:test_efficientnet@random", "timm:test_vit@random"]
@@ -128,65 +126,6 @@ def test_default_candidates_are_the_packaged_sources_of_the_modality():
     assert {"mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1"} <= set(default_candidates("image"))
     assert "minilm" not in default_candidates("image") and "minilm" in default_candidates("text")
     assert DEFAULT_SCORE in SCORERS
-
-
-def test_select_source_picks_a_winner_and_reports_kendall_tau(task, tmp_path):
-    cfg = FitConfig(strategy="linear_probe", epochs=2, probe_epochs=4, batch_size=16, image_size=32, baseline=False)
-    winner, report = select_source(task, TINY, cfg, top_k=2, cache_dir=tmp_path, verbose=False)
-    assert winner in TINY and report["choice"] == winner
-    assert report["top_k"] == [r["source"] for r in report["ranking"]][:2]
-    assert [r["epochs"] for r in report["rounds"]] == [1]
-    assert set(report["short_run_val_accuracy"]) == set(TINY)
-    tau = report["kendall_tau"]
-    assert (tau is None and "equal" in report["kendall_note"]) or -1.0 <= tau <= 1.0
-    best = max(report["short_run_val_accuracy"].values())
-    assert report["short_run_val_accuracy"][winner] == best
-
-
-def test_successive_halving_schedule_and_tau(task, monkeypatch):
-    """Five candidates, eta 2: 5 -> 3 -> 2 -> 1, epochs doubling; tau from scipy on round 1."""
-    from scipy.stats import kendalltau
-
-    import transferkit.training as training
-
-    ids = [f"timm:test_{n}@random" for n in ("efficientnet", "vit", "resnet", "convnext", "byobnet")]
-    fake_scores = {s: float(-i) for i, s in enumerate(ids)}  # ranked in list order
-    accuracy = {ids[0]: 0.5, ids[1]: 0.9, ids[2]: 0.7, ids[3]: 0.9, ids[4]: 0.2}
-    seen = []
-
-    def fake_rank(task, sources, scores, **kw):
-        ids = [getattr(s, "id", s) for s in sources]
-        return [{"source": s, scores[0]: fake_scores[s], "rank": i + 1, "notes": []} for i, s in enumerate(ids)]
-
-    class FakeTrainer:
-        def __init__(self, source_id, epochs):
-            self.stages = [{"best_val_accuracy": accuracy[source_id] + epochs / 1000}]
-
-    def fake_train(task, src, cfg, verbose=True):
-        seen.append((src.id, cfg.epochs, cfg.probe_epochs, cfg.baseline))
-        return None, FakeTrainer(src.id, cfg.epochs)
-
-    monkeypatch.setattr("transferkit.selection.rank_sources", fake_rank)
-    monkeypatch.setattr(training, "train_target", fake_train)
-    monkeypatch.setattr(training, "prepare_source", lambda src, cfg, task: src)
-    monkeypatch.setattr("transferkit.sources.load_source", lambda i: type("S", (), {"id": i, "modality": "image"})())
-    cfg = FitConfig(epochs=8, probe_epochs=40)
-    torch.manual_seed(123)
-    rng = torch.get_rng_state()
-    winner, report = select_source(task, ids, cfg, top_k=5, short_epochs=1, verbose=False)
-    assert torch.equal(torch.get_rng_state(), rng)  # `fit` loads the winner with the caller's seeded RNG
-    assert [(r["epochs"], r["probe_epochs"], len(r["results"])) for r in report["rounds"]] == \
-        [(1, 5, 5), (2, 10, 3), (4, 20, 2)]
-    assert report["rounds"][0]["kept"] == [ids[1], ids[3], ids[2]]  # ties go to the higher score
-    assert winner == ids[1] and report["choice"] == ids[1]
-    assert all(baseline is False for *_, baseline in seen)
-    tau, p = kendalltau([fake_scores[s] for s in ids], [accuracy[s] + 0.001 for s in ids])
-    assert report["kendall_tau"] == pytest.approx(tau) and report["kendall_p"] == pytest.approx(p)
-
-    winner, report = select_source(task, ids, cfg, top_k=1, verbose=False)
-    assert winner == ids[0] and report["rounds"] == [] and report["kendall_tau"] is None
-    with pytest.raises(ConfigError, match="`--top-k` must be a whole number >= 1; got 0"):
-        select_source(task, ids, cfg, top_k=0, verbose=False)
 
 
 def test_cli_rank_and_scorers(image_folder, tmp_path, capsys):

@@ -30,7 +30,7 @@ def image_run(image_folder, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("report") / "run"
     fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="linear_probe", out=out, verbose=False,
-        **{**FAST, "baseline": True})
+        **{**FAST, "baseline": "both"})
     return out
 
 
@@ -75,6 +75,23 @@ def test_fit_writes_a_self_contained_html_report(image_run):
     schedule = md.split("## Schedule")[1].split("\n## ")[0]
     assert "| input size | 32 px |" in schedule and "| epochs |" not in schedule
     assert "<h3>Schedule</h3>" in html
+
+
+def test_the_report_names_both_baselines_and_what_they_chose(image_run):
+    """`--baseline both`: the classical one (what `transfer_gain` is against) and the scratch one,
+    each named with its chosen hyper-parameters, in both reports and the cost table."""
+    metrics = json.loads((image_run / "metrics.json").read_text())
+    assert metrics["baseline"] == "pixels_logreg" and metrics["scratch_baseline"] == "scratch"
+    assert metrics["transfer_gain"] == pytest.approx(metrics["test_accuracy"] - metrics["baseline_test_accuracy"])
+    md, html = (image_run / "report.md").read_text(), (image_run / "report.html").read_text()
+    assert "| | transfer | no-transfer baseline | scratch baseline |" in md
+    side, c = metrics["baseline_params"]["side"], metrics["baseline_params"]["C"]
+    assert f"No-transfer baseline: pixels_logreg: logistic regression on {side}x{side} grey pixels, L2 C = {c:g}" in md
+    assert "Scratch baseline: scratch: test_efficientnet from random init" in md
+    assert "scratch baseline (wall time)" in html and "Against the scratch baseline:" in html
+    assert f"logistic regression on {side}x{side} grey pixels" in html
+    cost = md.split("## Cost")[1]
+    assert ", baseline " in cost and ", scratch baseline " in cost
 
 
 def test_schedule_rows_mark_what_transferkit_sized():
@@ -353,7 +370,7 @@ def test_fit_reports_to_tensorboard_and_mlflow(image_folder, tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     out = tmp_path / "run"
     run = fit(image_folder, source=TINY_IMAGE_SOURCE, strategy="full", out=out, verbose=False,
-              **{**FAST, "baseline": True, "report_to": ["tensorboard", "mlflow"]})
+              **{**FAST, "baseline": "classical", "report_to": ["tensorboard", "mlflow"]})
     accuracy = run.metrics["test_accuracy"]
     scalars = tensorboard_scalars(out)
     assert scalars["test/accuracy"][-1][1] == pytest.approx(accuracy)

@@ -120,7 +120,7 @@ def _trainer(out: Path, resume: bool = True, **options):
     s = _script()
     cfg = FitConfig(**{**dict(strategy="full", epochs=3, probe_epochs=2, batch_size=8, lr=3e-3, probe_lr=3e-3,
                                 seed=0, head_dropout=0.2, warmup_ratio=0.2, checkpoint_every=2, keep_checkpoints=2,
-                                baseline=False), **options})
+                                baseline="none"), **options})
     return Trainer(cfg, s.tiny_task(48, 15), s.tiny_source(0.2), verbose=False, resume=resume,
                    checkpoint_dir=out / "checkpoints")
 
@@ -320,7 +320,7 @@ def _tiny_fit(tmp_path: Path, penalty, checkpoint_every: int = 1):
 
     s = _script()
     cfg = FitConfig(strategy="full", epochs=2, batch_size=8, lr=3e-3, checkpoint_every=checkpoint_every,
-                    keep_checkpoints=100, baseline=False, augment=False)
+                    keep_checkpoints=100, baseline="none", augment=False)
     source = s.tiny_source(0.0)
     model = build_target_model(source, {"label": 4})
     model.register_parameter("spare", torch.nn.Parameter(torch.zeros(2)))  # trainable, unused by forward

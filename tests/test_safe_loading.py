@@ -69,7 +69,7 @@ def ctx(tmp_path_factory):
     data = root / "data"
     write_image_folder(data, {"a": 6, "b": 6}, size=32)
     fit(data, source=TINY_IMAGE_SOURCE, out=root / "run", epochs=1, probe_epochs=2, batch_size=16, image_size=32,
-        baseline=False, verbose=False)
+        baseline="none", verbose=False)
     return {"data": data, "run": root / "run"}
 
 
@@ -148,7 +148,7 @@ def _run_source(tmp, marker, ctx):
 def _run_source_cli(tmp, marker, ctx):
     run = _hostile_run(tmp, ctx, marker)
     _cli_must_fail(["fit", str(ctx["data"]), "--source", f"run:{run}", "--out", str(tmp / "out"), "--quiet",
-                    "--no-baseline", "--image-size", "32"])
+                    "--baseline", "none", "--image-size", "32"])
 
 
 def _load_run(tmp, marker, ctx):

@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 
 from transferkit.errors import ConfigError, DataError, NotFittedError, UnknownNameError
-from transferkit.scoring import SCORERS, Scorer, get_scorer, list_scorers
+from transferkit.scoring import SCORERS, Scorer, get_scorer, informative, list_scorers
 
 ALL = SCORERS.names()
 FEATURE = [n for n in ALL if SCORERS.get(n).input_kind == "features"]
@@ -205,6 +205,8 @@ def test_bad_hyperparameters():
         ("linear", {"C": -1.0}, r"`C` must be a positive number"),
         ("logme", {"tol": 2.0}, r"`tol` must be a number in \(0, 1\)"),
         ("hscore", {"rcond": -1}, r"`rcond` must be a number in \[0, 1\)"),
+        ("regularized_hscore", {"ddof": 2}, r"`ddof` must be 0 or 1; got 2"),
+        ("regularized_hscore", {"ddof": 1.0}, r"`ddof` must be 0 or 1; got 1.0"),
     ]:
         with pytest.raises(ConfigError, match=pattern):
             get_scorer(name, **params).fit(X, y)
@@ -283,15 +285,62 @@ def test_hscore_matches_numpy_formula(seed):
     assert 0 < expected < 2  # at most C - 1
 
 
+def published_regularized_h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """The published regularized H-score, transcribed independently of our code: centre the
+    features, scikit-learn's LedoitWolf covariance (1/N) and shrinkage, class means of the
+    centred features, ``np.cov`` of them (1/(N-1)), ``pinv(rcond=1e-15)``; all in float64.
+    (thuml/Transfer-Learning-Library, tllib/ranking/hscore.py, ``regularized_h_score``.)"""
+    f = np.asarray(features, dtype=np.float64)
+    f = f - f.mean(axis=0, keepdims=True)
+    lw = LedoitWolf(assume_centered=False).fit(f)
+    g = np.zeros_like(f)
+    for c in range(int(labels.max()) + 1):
+        g[labels == c] = f[labels == c].mean(axis=0)
+    covg = np.cov(g, rowvar=False)
+    inv = np.linalg.pinv(lw.covariance_, rcond=1e-15)
+    return float(np.trace(inv @ ((1 - lw.shrinkage_) * covg)))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_regularized_hscore_matches_ledoit_wolf_formula(seed):
+@pytest.mark.parametrize(
+    "n_per_class, n_classes, dim", [(40, 5, 32), (20, 3, 100), (100, 10, 16), (10, 4, 500)]
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_regularized_hscore_matches_published_code(seed, n_per_class, n_classes, dim, dtype):
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat(np.arange(n_classes), n_per_class))
+    X = rng.normal(size=(len(y), dim)) + 0.5 * rng.normal(size=(n_classes, dim))[y]
+    X = (40.0 * X + 7.0).astype(dtype)  # not centred, not unit scale
+    expected = published_regularized_h_score(X, y)
+    scorer = get_scorer("regularized_hscore").fit(X, y)
+    assert scorer.score_ == pytest.approx(expected, rel=1e-9)
+    lw = LedoitWolf().fit(X.astype(np.float64))
+    assert scorer.shrinkage_ == pytest.approx(lw.shrinkage_, rel=1e-9)
+    # ddof=0: 1/N for both covariances, N/(N-1) below the published value (0.50 % at N = 200)
+    n = len(y)
+    plain = get_scorer("regularized_hscore", ddof=0).fit(X, y).score_
+    assert plain == pytest.approx(expected * (n - 1) / n, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_regularized_hscore_ddof0_matches_ledoit_wolf_formula(seed):
     X, y = make_data("features", seed, n_per_class=10, dim=12)
     lw = LedoitWolf().fit(X)
     expected = np.trace(np.linalg.inv(lw.covariance_) @ ((1 - lw.shrinkage_) * _between(X, y)))
-    scorer = get_scorer("regularized_hscore").fit(X, y)
+    scorer = get_scorer("regularized_hscore", ddof=0).fit(X, y)
     assert scorer.score_ == pytest.approx(expected, rel=1e-9)
-    assert scorer.shrinkage_ == pytest.approx(lw.shrinkage_)
     assert 0 < scorer.shrinkage_ < 1
+
+
+def test_regularized_hscore_without_shrinkage_is_hscore():
+    X, y = make_data("features", 0)
+    x1 = X[:, :1]  # Ledoit-Wolf does not shrink a single feature
+    assert get_scorer("regularized_hscore").fit(x1, y).shrinkage_ == 0.0
+    h = get_scorer("hscore").fit(x1, y).score_
+    assert get_scorer("regularized_hscore", ddof=0).fit(x1, y).score_ == pytest.approx(h, rel=1e-12)
+    n = len(y)
+    published = get_scorer("regularized_hscore").fit(x1, y).score_
+    assert published == pytest.approx(h * n / (n - 1), rel=1e-12)
 
 
 def test_regularized_hscore_is_stable_when_d_exceeds_n():
@@ -432,3 +481,121 @@ def test_probes_cap_folds_and_k_for_tiny_classes(name):
     X, y = make_data("features", 0, n_per_class=2)  # 6 examples: 2 folds, 3 training each
     score = get_scorer(name, folds=10, **({"k": 50} if name == "knn" else {})).fit(X, y).score_
     assert 0.0 <= score <= 1.0
+
+
+# ----------------------------------------------------------------- degenerate sets of scores
+
+#: A value inside every scorer's range and at none of its bounds (for C = 3).
+INSIDE = {"leep": -0.5, "nce": -0.5, "knn": 0.6, "linear": 0.6, "hscore": 1.2,
+          "regularized_hscore": 1.2, "logme": 0.3}
+
+
+def _hscore_candidates(dim: int, n_per_class: int = 5, n_classes: int = 7) -> tuple[dict, int]:
+    """H-scores of random and of class-structured features (3 of each) on one target."""
+    values = []
+    for seed in range(3):
+        for informative_ in (False, True):
+            X, y = make_data("features", seed, informative=informative_, n_per_class=n_per_class,
+                             n_classes=n_classes, dim=dim)
+            values.append(get_scorer("hscore").fit(X, y).score_)
+    return values, n_classes
+
+
+@pytest.mark.parametrize("dim", [35, 512])  # N = 35 examples of 7 classes: D >= N - 1
+def test_hscore_saturates_and_is_reported(dim):
+    values, c = _hscore_candidates(dim)
+    assert values == pytest.approx([c - 1] * len(values), rel=1e-9)  # noise and signal alike
+    reason = get_scorer("hscore").degenerate(values, c)
+    assert reason.startswith("hscore saturates at C-1 = 6 for every candidate; its feature "
+                             "covariance is rank-deficient at this many examples")
+    assert informative({"hscore": values + [None]}, c)["hscore"] == reason
+
+
+def test_hscore_on_low_dimensional_features_is_informative():
+    values, c = _hscore_candidates(dim=8, n_per_class=30)
+    assert max(values) < c - 1.5 and len(set(values)) == len(values)
+    assert get_scorer("hscore").degenerate(values, c) is None
+
+
+def test_regularized_hscore_ranks_where_hscore_saturates():
+    c = 7
+    scores = {"hscore": [], "regularized_hscore": []}
+    for informative_ in (False, True):
+        X, y = make_data("features", 0, informative=informative_, n_per_class=5, n_classes=c,
+                         dim=512)
+        for name in scores:
+            scores[name].append(get_scorer(name).fit(X, y).score_)
+    reasons = informative(scores, c)
+    assert reasons["hscore"] is not None and reasons["regularized_hscore"] is None
+    assert scores["regularized_hscore"][1] > scores["regularized_hscore"][0]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_equal_values_are_degenerate(name):
+    v = INSIDE[name]
+    scorer = get_scorer(name)
+    assert scorer.degenerate([v, v, v], 3) == (
+        f"{name} gives the same value ({v:.6g}) for every candidate (3 scored), so it cannot "
+        "rank them."
+    )
+    assert scorer.degenerate([v, v * (1 + 1e-9)], 3) is not None  # round-off is "the same"
+    assert scorer.degenerate([v, v * (1 + 1e-3)], 3) is None
+    assert scorer.degenerate(np.array([v, v + 0.1, v - 0.05]), 3) is None
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_missing_values_are_ignored(name):
+    v = INSIDE[name]
+    scorer = get_scorer(name)
+    reason = scorer.degenerate([None, v, float("nan"), v, None], 3)
+    assert reason.startswith(f"{name} gives the same value")
+    assert scorer.degenerate([None, v, None, v + 0.1, float("inf")], 3) is None
+    assert scorer.degenerate([None, v], 3) is None  # one candidate: nothing to compare
+    assert scorer.degenerate([None, None, float("nan")], 3) == (
+        f"{name} scored no candidate (every value is missing or non-finite).")
+    assert scorer.degenerate([], 3) is not None
+
+
+def test_zero_is_a_degenerate_equal_value():
+    # e.g. regularized_hscore when every source looks isotropic to Ledoit-Wolf (a = 1)
+    assert "same value (0)" in get_scorer("regularized_hscore").degenerate([0.0, 0.0], 3)
+    assert get_scorer("regularized_hscore").degenerate([0.0, 1e-3], 3) is None
+
+
+@pytest.mark.parametrize("name", ["knn", "linear"])
+def test_probe_bounds(name):
+    scorer = get_scorer(name)
+    top = scorer.degenerate([1.0, 1.0, None], 4)
+    assert "reaches accuracy 1.0 (its maximum) for every candidate" in top
+    chance = scorer.degenerate([0.25, 0.2, 0.1], 4)
+    assert "at or below chance (1/C = 0.25) for every candidate" in chance
+    assert scorer.degenerate([1.0, 0.95], 4) is None
+    assert scorer.degenerate([0.25, 0.3], 4) is None
+    assert "chance" in scorer.degenerate([0.5], 2)  # a single candidate at a bound is reported
+
+
+@pytest.mark.parametrize("name", PROBA)
+def test_leep_and_nce_bound_at_zero(name):
+    # one-hot source outputs over more source classes than examples: each example has a source
+    # class of its own, so both reach their maximum 0 whatever the labels
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    values = []
+    for seed in range(3):
+        P = np.eye(40)[np.random.default_rng(seed).permutation(40)[: len(y)]]
+        values.append(get_scorer(name).fit(P, rng.permutation(y)).score_)
+    assert values == pytest.approx([0.0] * 3, abs=1e-12)
+    reason = get_scorer(name).degenerate(values, 3)
+    assert f"{name} is 0 (its maximum) for every candidate" in reason
+    assert get_scorer(name).degenerate([0.0, -0.3], 3) is None
+
+
+def test_degenerate_checks_num_classes_and_names():
+    with pytest.raises(ConfigError, match=r"`num_classes` must be an integer >= 2; got 1"):
+        get_scorer("hscore").degenerate([1.0, 2.0], 1)
+    with pytest.raises(UnknownNameError, match=r"Did you mean 'hscore'\?"):
+        informative({"hscor": [1.0]}, 3)
+    assert informative({}, 3) == {}
+    reasons = informative({"logme": [0.1, 0.2], "knn": [0.9, 0.9]}, 3)
+    assert list(reasons) == ["logme", "knn"] and reasons["logme"] is None
+    assert reasons["knn"].startswith("knn gives the same value (0.9)")

@@ -15,7 +15,7 @@ from transferkit.data.sequence import write_series_table
 from transferkit.errors import ConfigError, DataError, UnknownNameError
 from transferkit.sources import input_pipeline, load_source
 
-FAST = {"epochs": 3, "probe_epochs": 10, "batch_size": 16, "baseline": False, "lr": 3e-3, "probe_lr": 1e-2}
+FAST = {"epochs": 3, "probe_epochs": 10, "batch_size": 16, "baseline": "none", "lr": 3e-3, "probe_lr": 1e-2}
 ARCHS = ["seq:cnn1d?width=16&layers=2", "seq:lstm?width=16", "seq:gru?width=16&layers=1",
          "seq:transformer?width=16&heads=2&layers=1&patch=2"]
 
@@ -177,9 +177,9 @@ def source_task(tmp_path_factory):
 def test_train_on_a_source_task_then_transfer_with_run(arch, options, source_task, tmp_path):
     out = tmp_path / "source-run"
     first = fit(source_task, source=arch, strategy="full", out=out, verbose=False,
-                **{**FAST, **options, "baseline": True})
+                **{**FAST, **options, "baseline": "scratch"})
     assert first.metrics["test_accuracy"] >= 0.75  # slow vs fast sines
-    assert "from random init" in first.metrics["baseline"]
+    assert first.metrics["baseline"] == "scratch" and "from random init" in first.metrics["baseline_description"]
     again = load_run(out)
     probe = waves(4, 9)[0]
     np.testing.assert_allclose(first.predict_proba(probe), again.predict_proba(probe), atol=1e-5)
@@ -201,7 +201,7 @@ def test_cli_fits_a_sequence_table(source_task, tmp_path, capsys):
     from transferkit.cli import main
 
     main(["fit", str(source_task), "--source", "seq:gru?width=8&layers=1", "--strategy", "full", "--epochs", "2",
-          "--lr", "0.003", "--no-baseline", "--batch-size", "16", "--out", str(tmp_path / "cli"), "--quiet"])
+          "--lr", "0.003", "--baseline", "none", "--batch-size", "16", "--out", str(tmp_path / "cli"), "--quiet"])
     assert "seq:gru" in capsys.readouterr().out
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["source"]["spec"] == {"loader": "seq", "arch": "gru", "options": {

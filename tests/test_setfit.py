@@ -31,7 +31,7 @@ from transferkit.strategies.setfit import CPU_FLOPS, MAX_PAIRS, SETFIT_ITERATION
 from transferkit.surgery import DEFAULT_TASK, build_target_model
 
 #: Options that make the tiny random BERT learn within one epoch of pairs.
-OPTIONS = {"strategy": "setfit", "lr": 5e-3, "baseline": False, "seed": 0}
+OPTIONS = {"strategy": "setfit", "lr": 5e-3, "baseline": "none", "seed": 0}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on one thread of 2 busy cores

@@ -89,7 +89,7 @@ def text_run(tmp_path_factory, text_table, tiny_bert_dir):
     from transferkit.pipeline import fit
 
     out = tmp_path_factory.mktemp("strangers-text") / "run"
-    fit(text_table, source=f"hf:{tiny_bert_dir}", out=out, epochs=1, probe_epochs=2, baseline=False, verbose=False)
+    fit(text_table, source=f"hf:{tiny_bert_dir}", out=out, epochs=1, probe_epochs=2, baseline="none", verbose=False)
     return out
 
 
@@ -100,7 +100,7 @@ def image_run(tmp_path_factory, image_folder):
 
     out = tmp_path_factory.mktemp("strangers-image") / "run"
     fit(image_folder, source=TINY_IMAGE_SOURCE, out=out, epochs=1, probe_epochs=2, batch_size=16, image_size=32,
-        baseline=False, verbose=False)
+        baseline="none", verbose=False)
     return out
 
 

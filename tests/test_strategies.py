@@ -38,9 +38,9 @@ SEEDS = [0, 1]
 #: Per model: options that make the loss go down within a few epochs for any seed.
 OPTIONS = {
     "image": {"lr": 3e-3, "probe_lr": 1e-2, "epochs": 3, "probe_epochs": 4, "batch_size": 16, "image_size": 32,
-              "augment": False, "baseline": False, "grad_accum": 2},
-    "text": {"lr": 5e-3, "probe_lr": 1e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 8, "baseline": False},
-    "lstm": {"lr": 1e-2, "probe_lr": 3e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 16, "baseline": False},
+              "augment": False, "baseline": "none", "grad_accum": 2},
+    "text": {"lr": 5e-3, "probe_lr": 1e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 8, "baseline": "none"},
+    "lstm": {"lr": 1e-2, "probe_lr": 3e-2, "epochs": 4, "probe_epochs": 6, "batch_size": 16, "baseline": "none"},
 }
 #: Strategies that train on from a probed (convex-fitted, sharp) head, at the rate of the papers' second
 #: stage: OPTIONS' rates, meant to move fresh heads on random networks in a few epochs, overshoot it.

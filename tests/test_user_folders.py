@@ -23,7 +23,7 @@ from transferkit.outdir import LOCK, MARKER, OutputDir
 from transferkit.pipeline import fit, soup
 from transferkit.runs import load_run, save_run
 
-QUICK = [*(f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "baseline"), "--no-baseline", "--quiet",
+QUICK = [*(f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "baseline"), "--baseline", "none", "--quiet",
          "--source", TINY_IMAGE_SOURCE]
 
 
@@ -295,8 +295,7 @@ def test_resume_refuses_data_edited_in_place(data, tmp_path, monkeypatch):
 # -- 12. choices on an empty validation split ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", [["--wise-ft", "--strategy", "lp_ft"], ["--patience", "2"],
-                                  ["--source", "auto", "--candidates", TINY_IMAGE_SOURCE + ",timm:test_vit@random"]])
+@pytest.mark.parametrize("flag", [["--wise-ft", "--strategy", "lp_ft"], ["--patience", "2"]])
 def test_choices_on_validation_need_a_validation_split(flag, tmp_path):
     write_image_folder(tmp_path / "tiny", {"a": 2, "b": 2}, size=32)
     code, _, err = cli(["fit", str(tmp_path / "tiny"), "--out", str(tmp_path / "run"), *QUICK, *flag])
@@ -304,11 +303,20 @@ def test_choices_on_validation_need_a_validation_split(flag, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_auto_without_a_validation_split_probes_and_says_why_it_did_not_fine_tune(tmp_path):
+    write_image_folder(tmp_path / "tiny", {"a": 2, "b": 2}, size=32)
+    code, _, err = cli(["fit", str(tmp_path / "tiny"), "--out", str(tmp_path / "run"), *QUICK, "--source", "auto",
+                        "--strategy", "auto", "--candidates", TINY_IMAGE_SOURCE + ",timm:test_vit@random"])
+    assert code == 0, err
+    selection = json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]
+    assert selection["chosen_strategy"] == "linear_probe" and "validation split" in selection["why"]
+
+
 # -- 11. options: type first, then range ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("line, message", [
-    ("baseline: 'no'", "`--baseline` must be true or false; got 'no'."),
+    ("baseline: 'no'", "`--baseline` must be one of classical, scratch, both, none; got 'no'."),
     ("wise_ft: 'false'", "`--wise-ft` must be true or false; got 'false'."),
     ("freeze: group0", "`--freeze` must be a list of strings"),
     ("lr: true", "`--lr` must be in (0, 10]; got True."),

@@ -23,6 +23,8 @@ from transferkit.errors import ConfigError
 
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "mlflow")
+#: What `--baseline` trains (``training.run_baseline``); old configs' true/false read as classical/none.
+BASELINES = ("classical", "scratch", "both", "none")
 #: Names other tools use for our options, for the did-you-mean of unknown keys.
 _SYNONYMS = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs"}
 #: The groups of ``transferkit fit --help``, in order.
@@ -117,7 +119,10 @@ class FitConfig:
     reinit: list[str] = option(factory=list, group="Source",
                                help="Layer group re-initialised instead of transferred (repeatable).")
     augment: bool = option(True, group="Training", help="Light augmentation while fine-tuning (images).")
-    baseline: bool = option(True, group="Output", help="Train the no-transfer baseline next to the transfer run.")
+    baseline: str = option("classical", choices=BASELINES, group="Output",
+                           help="No-transfer baseline next to the transfer run: classical (logistic regression on "
+                                "small pixels, TF-IDF n-grams, log-mel or series statistics), scratch (the source's "
+                                "architecture from random init, given the transfer's training time), both, or none.")
     baseline_lr: float = option(1e-3, low=0, high=10, open_low=True, group="Training",
                                 hint="Typical values are 1e-5 to 1e-2.",
                                 help="Learning rate of the baseline trained from random initialisation.")
@@ -151,8 +156,15 @@ class FitConfig:
                              help="Replace a finished run in --out, or discard an unfinished run's checkpoints.")
     candidates: list[str] = option(factory=list, group="Source",
                                    help="With --source auto: source ids to choose from (comma-separated).")
-    top_k: int = option(3, low=1, high=1000, group="Source",
-                        help="With --source auto: candidates confirmed by short fine-tunes.")
+    top_k: int | None = option(None, low=1, high=1000, group="Source",
+                               help="With --source auto: at most this many sources get fine-tunes (default: every "
+                                    "source whose probe is not clearly worse).")
+    strategies: list[str] = option(factory=list, group="Strategy",
+                                   help="With --strategy auto: strategies to choose from (comma-separated; default: "
+                                        "linear_probe, lp_ft, full, layerwise_lr, and lora, bitfit for transformers).")
+    budget: float = option(10.0, low=0, high=100000, open_low=True, unit="minutes", group="Source",
+                           help="With --source auto or --strategy auto: minutes the whole run may take, baseline "
+                                "included; the search plans its fine-tunes to fit.")
     report_to: list[str] = option(factory=list, choices=TRACKERS, group="Output",
                                   help="Experiment tracker: tensorboard or mlflow (repeatable); logs inside --out.")
 
@@ -175,7 +187,7 @@ class FitConfig:
                          difflib.get_close_matches(str(key).replace("-", "_"), known, n=1))
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"Unknown option {key!r} in {origin}.{hint} See `transferkit fit --help`.")
-        return cls(**values)
+        return cls(**_legacy_values(values))
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> FitConfig:
@@ -207,6 +219,14 @@ class FitConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"`--config` file {str(path)!r} must hold a mapping of option: value.")
         return cls.from_dict({**values, **overrides}, origin=f"config file {str(path)!r}")
+
+
+def _legacy_values(values: dict) -> dict:
+    """``values`` with the options of older runs and config files read as today's: ``baseline``
+    true/false (before ``--baseline KIND``) is classical/none."""
+    if isinstance(values.get("baseline"), bool):
+        values = {**values, "baseline": "classical" if values["baseline"] else "none"}
+    return values
 
 
 def _float_or_text(value):
@@ -246,7 +266,7 @@ def check_value(name: str, value, hint, meta) -> None:
     elif hint is float:
         _check_number(flag, value, meta)
     elif hint is str:
-        if not isinstance(value, str):
+        if not isinstance(value, str) and not meta.get("choices"):
             raise ConfigError(f"{flag} must be a string; got {value!r}.")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])}; got {value!r}.")
@@ -299,13 +319,13 @@ def cli_args(fit: dict) -> list[str]:
     """
     defaults = FitConfig().to_dict()
     args: list[str] = []
-    for name, value in fit.items():
+    for name, value in _legacy_values(fit).items():
         if name not in defaults or defaults[name] == value or name in ("overwrite", "resume") or not flag_name(name):
             continue
         flag = f"--{flag_name(name)}"
         if isinstance(value, bool):
             args.append(flag if value else f"--no-{flag_name(name)}")
-        elif name == "candidates":
+        elif name in ("candidates", "strategies"):
             args += [flag, ",".join(value)]
         elif isinstance(value, list):
             for item in value:

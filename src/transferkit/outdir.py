@@ -45,6 +45,7 @@ WRITTEN = {
     "run": frozenset({"model.safetensors", "config.json", "metrics.json", "history.json", "transfer_map.json",
                       "report.html", "report.md", "source"}),
     "ranking": frozenset({"ranking.json", "ranking.md", "ranking.png"}),
+    "audit": frozenset({"audit.json", "audit.md", "audit.csv"}),
     "export": frozenset(),  # every export's marker lists its files
 }
 _CHECKPOINT_PREFIXES = ("ckpt-s", ".tmp-ckpt-", ".trash-ckpt-", "corrupt-ckpt-")
@@ -67,7 +68,7 @@ class OutputDir:
 
         Args:
             path: The ``--out`` folder.
-            kind: "run", "ranking" or "export".
+            kind: "run", "ranking", "audit" or "export".
             inputs: Folders the command reads (data, run directories); ``path`` may be none of
                 them and lie inside none of them.
             overwrite: Replace a finished run and discard an unfinished run's checkpoints.

@@ -7,6 +7,7 @@ directories), ``training`` (one target), ``selection`` (``--source auto``).
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from pathlib import Path
@@ -36,8 +37,10 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     Args:
         data: An image folder, a text table, or a ``TaskData``.
         source: A source id (``transferkit sources``), or "auto" to choose among
-            ``candidates`` by transferability score and short fine-tunes.
-        strategy: A strategy name (``transferkit strategies``).
+            ``candidates`` (``transferkit.selection``: scores, cross-validated probes, short
+            fine-tunes within ``budget`` minutes).
+        strategy: A strategy name (``transferkit strategies``), or "auto" to choose among
+            ``strategies`` the same way.
         out: Run directory to write (model, config, metrics, report); nothing is written if None.
         config: A ``FitConfig``; ``options`` override its fields (``epochs=3``, ``lr=1e-4``, ...).
         verbose: Show progress bars.
@@ -45,47 +48,54 @@ def fit(data: str | Path | TaskData, source: str = "mobilenet_v2", strategy: str
     Returns:
         The trained ``Run``; ``run.metrics`` holds test metrics next to the baseline's.
     """
+    started = time.perf_counter()  # an auto run's budget counts from here
     cfg = FitConfig.from_dict({**(config.to_dict() if config else {}), "strategy": strategy, **options})
-    get_strategy(cfg.strategy)  # unknown names fail before any work
+    if cfg.strategy != "auto":
+        get_strategy(cfg.strategy)  # unknown names fail before any work
     outdir = None if out is None else OutputDir.claim(
         out, "run", inputs=[] if isinstance(data, TaskData) else [data], overwrite=cfg.overwrite,
         resume=cfg.resume, lock=is_main_process())
     try:
-        return _fit(data, source, cfg, outdir, verbose)
+        return _fit(data, source, cfg, outdir, verbose, started)
     finally:
         if outdir is not None:
             outdir.release()
 
 
-def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: OutputDir | None, verbose: bool) -> Run:
+def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: OutputDir | None, verbose: bool,
+         started: float) -> Run:
     task = data if isinstance(data, TaskData) else load_task_data(data, **data_options(given))
     cfg = resolve_options(given, task)  # what ran; `given` (the user's options) is what config.json keeps
-    check_validation_split(task, cfg, source)
-    strategy = get_strategy(cfg.strategy)
-    if not strategy.takes(task.modality):  # before any weights load
-        takes = ", ".join(strategy.modalities)
-        raise ConfigError(f"`--strategy {cfg.strategy}` trains on {takes} data, and this data is {task.modality}. "
-                          f"Use a strategy for {task.modality} data, e.g. `--strategy linear_probe` or `full` "
-                          "(`transferkit strategies` lists them).")
+    check_validation_split(task, cfg)
+    if cfg.strategy != "auto":
+        _check_strategy_modality(cfg.strategy, task)  # before any weights load
     torch.manual_seed(cfg.seed)  # random-init sources (`@random`) are part of the seeded run
     unknown = sorted(set(cfg.task_weights) - set(task.tasks))
     if unknown:
         raise ConfigError(f"`--task-weight` names unknown task(s) {unknown}; the tasks are {list(task.tasks)}.")
-    selection = None
-    if source == "auto":  # rank the candidates, confirm the best with short fine-tunes
-        from transferkit.selection import select_source
+    selection, floor, deadline = None, None, None
+    if source == "auto" or cfg.strategy == "auto":  # evidence, pruning, short fine-tunes within the budget
+        from transferkit.selection import Clock, choose
 
-        source, selection = select_source(task, cfg.candidates or None, cfg, top_k=cfg.top_k, verbose=verbose)
-    _check_modality(source, source_modality(source), task)  # before paying for the weights
-    src = load_source(source)
-    _check_modality(source, src.modality, task)
-    src = prepare_source(src, cfg, task)
-
-    started = time.perf_counter()
+        clock = Clock(cfg.budget * 60, started)
+        choice = choose(task, cfg, source=source, clock=clock, verbose=verbose)
+        source, selection, floor = choice.source, choice.report, choice.floor
+        given, cfg = (dataclasses.replace(c, strategy=choice.strategy) for c in (given, cfg))
+        deadline = started + clock.budget - choice.report.get("plan", {}).get("after_final_seconds", 0.0)
     out = outdir.path if outdir is not None else None
     checkpoints = out / "checkpoints" if out is not None else None
-    model, trainer = train_prepared(task, src, cfg, verbose=verbose, checkpoint_dir=checkpoints, run_dir=out)
-    train_seconds = time.perf_counter() - started
+    train_started = time.perf_counter()
+    src, model, trainer = _train(task, source, cfg, verbose, checkpoints, out, deadline)
+    if floor is not None and trainer.stages[-1]["best_val_accuracy"] <= floor["val_accuracy"]:
+        # the full fine-tune did not beat the probe on validation: the probe is the run
+        selection["final"] = {"strategy": cfg.strategy, "val_accuracy": trainer.stages[-1]["best_val_accuracy"],
+                              "kept": "linear_probe", "why": f"below the probe's val {floor['val_accuracy']:.3f}"}
+        source = floor["source"]
+        given, cfg = (dataclasses.replace(c, strategy="linear_probe") for c in (given, cfg))
+        selection["choice"], selection["chosen_strategy"] = source, "linear_probe"
+        src, model, trainer = _train(task, source, cfg, verbose, checkpoints / "probe" if checkpoints else None,
+                                     out, None)
+    train_seconds = time.perf_counter() - train_started
     proba = predict_proba(model, src, task.test.examples, task.task_name, batch_size=cfg.batch_size * 2)
     metrics = {"source": src.id, "strategy": cfg.strategy, "seed": cfg.seed, "train_seconds": train_seconds,
                **prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
@@ -94,8 +104,8 @@ def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: Out
             name: classification_metrics(labels, predict_proba(model, src, task.test.examples, name).argmax(1),
                                          task.tasks[name])
             for name, labels in task.labels_of("test").items()}
-    if cfg.baseline:
-        metrics.update(run_baseline(task, src, cfg, verbose=verbose,
+    if cfg.baseline != "none":  # scratch gets the transfer's training time as its budget
+        metrics.update(run_baseline(task, src, cfg, verbose=verbose, seconds=train_seconds,
                                     checkpoint_dir=checkpoints / "baseline" if checkpoints else None))
         metrics["transfer_gain"] = metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
     if selection is not None:
@@ -179,6 +189,27 @@ def _soup(runs: list[str | Path], data: str | Path | TaskData, outdir: OutputDir
         history = read_json(first.directory / "history.json") if (first.directory / "history.json").is_file() else []
         publish_run(first, outdir, history=history)
     return first
+
+
+def _train(task: TaskData, source: str, cfg: FitConfig, verbose: bool, checkpoints: Path | None,
+           out: Path | None, deadline: float | None):
+    """Loads and prepares ``source`` and trains the target model; returns (src, model, trainer)."""
+    _check_modality(source, source_modality(source), task)  # before paying for the weights
+    src = load_source(source)
+    _check_modality(source, src.modality, task)
+    src = prepare_source(src, cfg, task)
+    model, trainer = train_prepared(task, src, cfg, verbose=verbose, checkpoint_dir=checkpoints, run_dir=out,
+                                    deadline=deadline)
+    return src, model, trainer
+
+
+def _check_strategy_modality(name: str, task: TaskData) -> None:
+    strategy = get_strategy(name)
+    if not strategy.takes(task.modality):
+        takes = ", ".join(strategy.modalities)
+        raise ConfigError(f"`--strategy {name}` trains on {takes} data, and this data is {task.modality}. "
+                          f"Use a strategy for {task.modality} data, e.g. `--strategy linear_probe` or `full` "
+                          "(`transferkit strategies` lists them).")
 
 
 def _check_modality(source_id: str, modality: str | None, task: TaskData) -> None:

@@ -116,7 +116,7 @@ def rank_sources(
     labels = np.concatenate([task.splits()[name].labels for name in splits])
     rows = []
     for i, src in enumerate(loaded):
-        rows.append(_scored_row(src, [part[i] for part in parts], labels, scores, load_seconds[i]))
+        rows.append(scored_row(src, [part[i] for part in parts], labels, scores, load_seconds[i]))
         if verbose:
             row = rows[-1]
             shown = ", ".join(f"{n} {fmt(row[n])}" for n in scores)
@@ -124,7 +124,7 @@ def rank_sources(
     return _ranked(rows, scores[0])
 
 
-def _scored_row(src: SourceModel, outs: list, labels: np.ndarray, scores: Sequence[str], load_seconds: float) -> dict:
+def scored_row(src: SourceModel, outs: list, labels: np.ndarray, scores: Sequence[str], load_seconds: float) -> dict:
     """One ranking row: what the source gave on the scored splits (``outs``, one per split) and its scores."""
     feats = np.concatenate([o.features for o in outs])
     probs = None if outs[0].probabilities is None else np.concatenate([o.probabilities for o in outs])

@@ -1,203 +1,524 @@
-"""Choosing the source: rank candidates by transferability scores, then let short fine-tunes decide.
+"""Choosing what to transfer: the source (``--source auto``), the strategy (``--strategy auto``) or
+both, within a time budget (``--budget``).
 
-``select_source`` is ``transferkit fit --source auto``: rank (``transferkit.ranking``): rank, keep the top-k, then successive halving with short
-fine-tunes on the train split judged on validation; the report says how well the score
-predicted the short runs (Kendall's tau).
+The search spends its time cheapest evidence first:
 
-Why scores prune and fine-tunes decide: no published score ranks sources reliably. Measured
-on four image targets with the packaged ImageNet sources, each of LogME, LEEP, NCE, regularized
-H-score and kNN picked a source 4 to 68 points worse than the best on at least one target, and
-one ranked a random-init network first. A score is cheap (one forward pass per example and a
-closed-form fit) and good at throwing out the clearly bad; a few epochs of the real training
-are what separate the good. Successive halving (Jamieson & Talwalkar, AISTATS 2016; Li et al.,
-"Hyperband", JMLR 2018) spends those epochs where they matter: every survivor of a round gets
-``eta`` times the epochs of the round before, and ``1/eta`` of them survive.
+1. **One forward pass per candidate** over train and val (cached, ``features.py``).
+2. **Evidence per source**: the transferability scores that carry information here (a score
+   that is the same for every candidate, or sits at its bound, such as H-score at C-1, is
+   dropped with a note: ``scoring.informative``) and a **cross-validated probe**: stratified
+   k-fold over train + val with the convex head (``engine.probe.cross_validate_head``), which
+   predicts every example out of fold.
+3. **Pruning by confidence, not by a top-k**: a source is dropped only when its probe is
+   clearly worse than the best probe: the paired difference of out-of-fold correctness (same
+   folds, example by example) is above ``PRUNE_MARGIN`` with ``PRUNE_Z`` standard errors to
+   spare. A score never prunes on its own: measured, each single score put a source that
+   fine-tunes best last on some target (docs/BENCHMARKS.md, "## rank").
+4. **Combined ranking**: the probe's out-of-fold accuracy, moved by at most about one of its
+   standard errors by the informative scores' consensus (their mean z-score across candidates):
+   the probe measures, the scores break near-ties. It orders the fine-tuning candidates.
+5. **Fine-tunes only on what survives**, as (source, strategy) pairs, by successive halving
+   (Jamieson & Talwalkar, AISTATS 2016) on validation accuracy: round r trains every pair left
+   for ``fraction * ETA**r`` of its full schedule and keeps the best ``1/ETA``. The fraction and
+   the number of pairs come from the budget plan (``plan``): each source's cost per training
+   example is measured (a timed forward + backward step at its input size) before any fine-tune.
+6. **The floor**: a fine-tune is chosen only if it beats its own source's probe and the best
+   probe on validation (both probes fitted on train alone, so all are judged on the same
+   held-out examples); ``fit`` checks again after the full-length run (``Choice.floor``).
+
+``fit`` then trains the choice with its full schedule and a deadline. ``transferkit audit`` is
+the brute-force check of all this: every pair fully trained, several seeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from transferkit.config import FitConfig
 from transferkit.data.base import TaskData
-from transferkit.errors import ConfigError, DataError
-from transferkit.ranking import (
-    DEFAULT_SCORE,
-    check_modality,
-    check_source_ids,
-    default_candidates,
-    fmt,
-    load_candidate,
-    rank_sources,
-)
+from transferkit.errors import ConfigError
+from transferkit.ranking import check_modality, check_source_ids, default_candidates, fmt, load_candidate, scored_row
 
-# -- --source auto --------------------------------------------------------------------------------
+#: Scores computed for every candidate (on the train split; those that need a source head are
+#: None for headless sources). ``linear`` is left out: the cross-validated probe is its measurement.
+SELECTION_SCORES = ("logme", "leep", "nce", "regularized_hscore", "hscore", "knn")
+#: Fine-tuning strategies ``--strategy auto`` tries next to the linear probe, preferred in this
+#: order on equal validation accuracy; transformer sources also get the PEFT methods.
+FINE_TUNES = ("lp_ft", "full", "layerwise_lr")
+TRANSFORMER_FINE_TUNES = ("lora", "bitfit")
+#: A source is pruned when its probe is worse than the best probe by more than PRUNE_MARGIN
+#: accuracy, PRUNE_Z standard errors of the paired out-of-fold difference below the estimate.
+#: The margin keeps sources that fine-tuning may reorder: fine-tuning moved sources 4-5 points
+#: past each other on natural photos (issue 14); a probe gap beyond that is rarely closed.
+PRUNE_Z, PRUNE_MARGIN = 2.0, 0.02
+#: Successive-halving rate: each round keeps ceil(n / ETA) pairs and gives them ETA x the steps.
+ETA = 3
+#: Shortest useful round: fewer optimizer steps than this say little about a fine-tune.
+MIN_ROUND_STEPS = 10
+#: Share of the budget kept back for what the plan cannot time ahead (test predictions,
+#: the baseline, writing the run) beyond their estimates.
+RESERVE = 0.05
+#: Examples timed per source when measuring the cost of a training step.
+TIMED_EXAMPLES = 8
 
 
-def select_source(
-    task: TaskData,
-    candidates: Sequence[str] | None = None,
-    cfg: FitConfig | None = None,
-    *,
-    top_k: int = 3,
-    score: str = DEFAULT_SCORE,
-    short_epochs: int | None = None,
-    eta: int = 2,
-    cache_dir: str | os.PathLike | None = None,
-    verbose: bool = True,
-) -> tuple[str, dict]:
-    """``--source auto``: rank the candidates, keep the top-k, successive halving on short fine-tunes.
+@dataclass
+class Choice:
+    """What the search chose, why, and the probe a fine-tune must beat after its full run."""
 
-    Round 0 fine-tunes each of the top-k candidates (``cfg`` with few epochs, no baseline)
-    on the train split and measures validation accuracy; the best ``1/eta`` survive into the
-    next round with ``eta`` times the epochs, until one is left. Ties in validation accuracy
-    go to the higher score.
+    source: str
+    strategy: str
+    report: dict
+    floor: dict | None = None  # {"source", "val_accuracy"}: the probe the final fine-tune must beat
 
-    Args:
-        task: The target data.
-        candidates: Source ids (default: every packaged source of the data's modality).
-        cfg: The run's config; the short runs use its strategy, learning rates, batch size,
-            image size and seed, with fewer epochs.
-        top_k: Candidates that get short fine-tunes (1 picks the top-scored source directly).
-        score: The scorer that ranks (``transferkit scorers``).
-        short_epochs: Fine-tuning epochs in round 0 (default ``max(1, cfg.epochs // 4)``); the
-            linear-probe epochs shrink in the same proportion.
-        eta: Halving rate: each round keeps ``ceil(n / eta)`` candidates.
-        cache_dir: Feature cache directory.
-        verbose: Print progress.
 
-    Returns:
-        ``(winner id, report)``. The report holds ``score``, ``candidates``, ``ranking`` (the
-        rows of :func:`rank_sources`), ``top_k``, ``rounds`` (epochs and validation accuracy
-        per candidate per round), ``short_run_val_accuracy`` (each top-k candidate's last
-        round), ``choice``, ``kendall_tau`` and ``kendall_p`` (score vs round-0 validation
-        accuracy over the top-k; None when undefined) and ``seconds``.
+@dataclass
+class _Pair:
+    source: str
+    strategy: str
+    prior: int  # position in the preferred order (combined rank, then strategy order)
+    full_seconds: float  # estimated cost of its full schedule
+    val_accuracy: float | None = None
+    rounds: list = field(default_factory=list)
+
+
+class Clock:
+    """Seconds left of a budget that started at ``started`` (``time.perf_counter``)."""
+
+    def __init__(self, budget_seconds: float, started: float | None = None) -> None:
+        self.budget = float(budget_seconds)
+        self.started = time.perf_counter() if started is None else started
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def stamp(self) -> str:
+        return f"[{_mmss(self.elapsed())} of {_mmss(self.budget)}]"
+
+
+def choose(task: TaskData, cfg: FitConfig, *, source: str = "auto", clock: Clock | None = None,
+           cache_dir=None, verbose: bool = True) -> Choice:
+    """Chooses the source (``source`` "auto": among ``cfg.candidates``, default every packaged
+    source of the data's modality) and/or the strategy (``cfg.strategy`` "auto": among
+    ``cfg.strategies``) as the module describes, within ``clock`` (default: ``cfg.budget`` minutes
+    from now). Returns the ``Choice``; ``Choice.report`` is ``metrics["selection"]``.
+
+    The caller's RNG state comes back untouched: ``fit`` seeds, chooses, then loads the choice,
+    which must be the same ``@random`` draw as the one evaluated here.
     """
-    from transferkit.scoring import get_scorer
-
-    started = time.perf_counter()
-    cfg = cfg or FitConfig()
-    get_scorer(score)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"`--top-k` must be a whole number >= 1; got {top_k!r}.")
-    if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
-        raise ConfigError(f"`eta` must be a whole number >= 2; got {eta!r}.")
-    if short_epochs is not None and (isinstance(short_epochs, bool) or not isinstance(short_epochs, int)
-                                     or short_epochs < 1):
-        raise ConfigError(f"`short_epochs` must be a whole number >= 1; got {short_epochs!r}.")
-    # The caller's RNG comes back untouched: `fit` seeds, selects, then loads the winner, which
-    # must be the same @random draw as the one ranked here (each load below seeds with cfg.seed).
+    clock = clock or Clock(cfg.budget * 60)
     with torch.random.fork_rng(devices=[]):
-        return _select(task, candidates, cfg, top_k, score, short_epochs, eta, cache_dir, verbose, started)
+        return _choose(task, cfg, source, clock, cache_dir, verbose)
 
 
-def _select(task, candidates, cfg, top_k, score, short_epochs, eta, cache_dir, verbose, started) -> tuple[str, dict]:
-    from transferkit.training import prepare_source, resolve_options
+def _choose(task: TaskData, cfg: FitConfig, source: str, clock: Clock, cache_dir, verbose: bool) -> Choice:
+    from transferkit.scoring import informative
+    from transferkit.training import resolve_options
 
-    cfg = resolve_options(cfg, task)  # the epochs and batch size the full run will have
+    cfg = resolve_options(cfg, task)
+    ids = _source_ids(task, cfg, source)
+    strategies = _strategy_names(task, cfg)
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"{clock.stamp()} Evidence for {len(ids)} source(s): features, {len(SELECTION_SCORES)} scores and a "
+        "cross-validated probe each ...")
+    rows = [_evidence(sid, task, cfg, cache_dir) for sid in ids]
+    for row in rows:
+        say(f"  {row['source']}: probe {fmt(row['cv_accuracy'])} out of fold ({row['seconds']:.1f}s)")
+    dropped = informative({name: [r[name] for r in rows] for name in SELECTION_SCORES}, task.num_classes)
+    used = [name for name in SELECTION_SCORES if dropped.get(name) is None]
+    _combine(rows, used, len(task.train) + len(task.val))
+    _prune(rows, cfg.top_k)
+    report = {
+        "asked": {"source": source, "strategy": cfg.strategy}, "candidates": ids, "strategies": strategies,
+        "scores": used, "uninformative_scores": {k: v for k, v in dropped.items() if v},
+        "prune_rule": (f"pruned when the probe is worse than the best by > {PRUNE_MARGIN:.0%} accuracy with "
+                       f"{PRUNE_Z:g} standard errors to spare (paired, out of fold)"),
+        "budget_seconds": clock.budget,
+    }
+    alive = [r for r in rows if r["pruned"] is None]
+    best_probe = max(alive, key=lambda r: (r["cv_accuracy"] if r["cv_accuracy"] is not None else -1.0,
+                                           r["combined"]))
+    fine_tunes = [s for s in strategies if s != "linear_probe"]
+    pairs, rounds, note = [], [], None
+    if fine_tunes and not len(task.val):
+        note = "no fine-tunes: the validation split that judges them is empty"
+    elif fine_tunes:
+        pairs, plan, note = plan_pairs(task, cfg, alive, fine_tunes, clock)
+        report["plan"] = plan
+        if len(pairs) > 1:
+            say(f"{clock.stamp()} {_describe_plan(plan)}")
+            rounds = _halving(task, cfg, pairs, plan["fraction"], clock, plan["keep_seconds"], say)
+            if all(p.val_accuracy is None for p in pairs):
+                pairs, note = [], "no fine-tunes: the budget ran out before the first short run"
+    report["rounds"] = rounds
+    choice = _decide(rows, best_probe, pairs, strategies, note)
+    report |= {"ranking": public_rows(rows), "choice": choice.source, "chosen_strategy": choice.strategy, "confidence": _confidence(rows, choice),
+               "why": choice.report["why"], "seconds": clock.elapsed()}
+    choice.report = report
+    say(f"{clock.stamp()} {format_selection(report)}")
+    return choice
 
-    candidates = list(dict.fromkeys(candidates or default_candidates(task.modality)))
-    if not candidates:
+
+# -- candidates --------------------------------------------------------------------------------------
+
+
+def _source_ids(task: TaskData, cfg: FitConfig, source: str) -> list[str]:
+    ids = list(dict.fromkeys(cfg.candidates or default_candidates(task.modality))) if source == "auto" else [source]
+    if not ids:
         raise ConfigError(f"No packaged {task.modality} source to choose from; pass `--candidates` "
                           "with source ids (see `transferkit sources`).")
-    if verbose:
-        print(f"Ranking {len(candidates)} candidate sources by {score} on the train split ...")
-    check_source_ids(candidates)
-    prepared = []  # each candidate as `fit` would train it (seeded @random draw, image size, cut_at ...)
-    for source_id in candidates:
-        prepared.append(prepare_source(load_candidate(source_id, cfg.seed), cfg, task))
-        check_modality(prepared[-1], task)
-    rows = rank_sources(task, prepared, [score], batch_size=cfg.batch_size, cache_dir=cache_dir, verbose=verbose)
-    del prepared
-    scored = [r for r in rows if r[score] is not None]
-    if not scored:
-        raise DataError(f"No candidate could be scored with {score!r}: "
-                        + "; ".join(n for r in rows for n in r["notes"]) + ". Try another `score`.")
-    top = [r["source"] for r in scored[:top_k]]
-    score_of = {r["source"]: r[score] for r in scored}
-
-    rounds, last_acc, winner = _successive_halving(task, top, cfg, short_epochs or max(1, cfg.epochs // 4), eta,
-                                                   verbose)
-    tau, p, tau_note = _kendall(rounds, score_of, score)
-    report = {
-        "score": score, "candidates": candidates, "ranking": rows, "top_k": top, "rounds": rounds,
-        "short_run_val_accuracy": last_acc, "choice": winner, "kendall_tau": tau, "kendall_p": p,
-        "kendall_note": tau_note, "seconds": time.perf_counter() - started,
-    }
-    if verbose:
-        print(format_selection(report))
-    return winner, report
+    check_source_ids(ids)
+    return ids
 
 
-def _successive_halving(task: TaskData, top: list[str], cfg: FitConfig, first: int, eta: int,
-                        verbose: bool) -> tuple[list[dict], dict[str, float], str]:
-    """Short fine-tunes of ``top``, ``eta`` times the epochs each round, ``1/eta`` surviving;
-    returns the rounds, each candidate's last validation accuracy and the winner."""
+def _strategy_names(task: TaskData, cfg: FitConfig) -> list[str]:
+    """The strategies searched: ``cfg.strategy`` alone, or for "auto" the probe and the fine-tunes."""
+    from transferkit.strategies import STRATEGIES, get_strategy
+
+    if cfg.strategy != "auto":
+        return [cfg.strategy]
+    names = list(dict.fromkeys(cfg.strategies)) or ["linear_probe", *FINE_TUNES, *TRANSFORMER_FINE_TUNES]
+    for name in names:
+        if name == "auto":
+            raise ConfigError("`--strategies` lists the strategies `--strategy auto` chooses among; 'auto' is not "
+                              f"one of them. Pick from: {', '.join(sorted(STRATEGIES))}.")
+        get_strategy(name)
+    if "linear_probe" not in names:
+        names.insert(0, "linear_probe")  # the floor every fine-tune is judged against
+    return [n for n in names if get_strategy(n).takes(task.modality)]
+
+
+def _takes(strategy: str, src_modules: Sequence[str]) -> bool:
+    """PEFT methods are tried on transformer sources only (where their papers and PEFT's examples apply)."""
+    return strategy not in TRANSFORMER_FINE_TUNES or any("Attention" in name for name in src_modules)
+
+
+# -- evidence per source -------------------------------------------------------------------------------
+
+
+def _evidence(source_id: str, task: TaskData, cfg: FitConfig, cache_dir) -> dict:
+    """One source's row: scores on train, the cross-validated probe over train + val, its costs."""
+    from transferkit.engine.probe import cross_validate_head
+    from transferkit.features import source_features
+    from transferkit.training import prepare_source
+
+    started = time.perf_counter()
+    src = prepare_source(load_candidate(source_id, cfg.seed), cfg, task)
+    check_modality(src, task)
+    load_seconds = time.perf_counter() - started
+    outs = {name: source_features([src], split.examples, batch_size=cfg.batch_size * 2, cache_dir=cache_dir,
+                                  statistics_from=task.train.examples)[0]
+            for name, split in (("train", task.train), ("val", task.val)) if len(split)}
+    row = scored_row(src, [outs["train"]], task.train.labels, SELECTION_SCORES, load_seconds)
+    row["feature_seconds"] = sum(o.seconds for o in outs.values())
+    val_features = outs["val"].features if "val" in outs else np.zeros((0, outs["train"].features.shape[1]))
+    cv = cross_validate_head(outs["train"].features, task.train.labels, val_features, task.val.labels,
+                             task.num_classes, seed=cfg.seed)
+    row |= ({**cv.record(), "cv_interval": _interval(cv.accuracy, len(cv.correct)), "_correct": cv.correct} if cv else
+            {"cv_accuracy": None, "cv_fold_accuracies": [], "probe_val_accuracy": None, "_correct": None})
+    if cv is None:
+        row["notes"].append("no cross-validated probe: a class has a single example")
+    modules = sorted({type(m).__name__ for m in src.backbone.modules()})
+    row["_modules"] = modules
+    row["input_size"] = src.preprocessing.image_size if src.modality == "image" else None
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def _interval(p: float, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of an accuracy ``p`` over ``n`` examples."""
+    if n == 0:
+        return [0.0, 1.0]
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _combine(rows: list[dict], scores: Sequence[str], n: int) -> None:
+    """Sets ``combined`` and the 1-based ``rank`` of every row (see the module docstring, step 4)."""
+    consensus = np.zeros(len(rows))
+    for name in scores:
+        values = np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
+        if np.isfinite(values).sum() < 2:
+            continue
+        spread = np.nanstd(values)
+        z = np.where(np.isfinite(values), (values - np.nanmean(values)) / (spread if spread > 0 else 1.0), 0.0)
+        consensus += z / len(scores)
+    acc = [r["cv_accuracy"] for r in rows]
+    if all(a is None for a in acc):  # no probe could be cross-validated: the scores alone order
+        combined = consensus
+    else:
+        measured = np.array([a if a is not None else 0.0 for a in acc])
+        mean = float(measured.mean())
+        combined = measured + math.sqrt(max(mean * (1 - mean), 1e-4) / max(n, 1)) * consensus
+    for row, value in zip(rows, combined):
+        row["combined"] = float(value)
+    for rank, i in enumerate(sorted(range(len(rows)), key=lambda i: -rows[i]["combined"]), 1):
+        rows[i]["rank"] = rank
+    rows.sort(key=lambda r: r["rank"])
+
+
+def _prune(rows: list[dict], top_k: int | None) -> None:
+    """Sets ``pruned`` (None, or why) on every row: the confidence rule, then ``--top-k``."""
+    measured = [r for r in rows if r["_correct"] is not None]
+    best = max(measured, key=lambda r: r["cv_accuracy"], default=None)
+    kept = 0
+    for row in rows:
+        row["pruned"] = None
+        if best is not None and row is not best and row["_correct"] is not None:
+            d = best["_correct"].astype(float) - row["_correct"].astype(float)
+            gap, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+            row["probe_gap"] = [gap, se]
+            if gap - PRUNE_Z * se > PRUNE_MARGIN:
+                row["pruned"] = (f"probe {gap:.1%} ± {se:.1%} below {best['source']}'s (out of fold, paired): "
+                                 "clearly worse")
+                continue
+        if top_k is not None and kept >= top_k:
+            row["pruned"] = f"beyond --top-k {top_k}"
+            continue
+        kept += 1
+
+
+# -- the budget plan -------------------------------------------------------------------------------
+
+
+def plan_pairs(task: TaskData, cfg: FitConfig, alive: list[dict], fine_tunes: list[str],
+               clock: Clock) -> tuple[list[_Pair], dict, str | None]:
+    """The fine-tuning pairs and the round-1 fraction that fit the time left, with the plan.
+
+    Every round of successive halving costs about ``fraction`` x the full cost of all pairs
+    (ETA x the steps for 1/ETA of them), and the winner's full run follows; pairs are dropped
+    from the end of the preferred order until round 1 gives each at least ``MIN_ROUND_STEPS``.
+    Returns (pairs, plan, note): no pairs, with the note saying why, when not even one full
+    fine-tune fits.
+    """
+    costs = {r["source"]: measure_costs(r["source"], task, cfg) for r in alive}
+    steps = _schedule_steps(task, cfg)
+    pairs = []
+    for row in alive:
+        for strategy in fine_tunes:
+            if _takes(strategy, row["_modules"]):
+                pairs.append(_Pair(row["source"], strategy, len(pairs),
+                                   full_seconds=_full_seconds(costs[row["source"]], strategy, steps, task, cfg)))
+    test_seconds = max(c["forward"] for c in costs.values()) * len(task.test)
+    floor_seconds = max(c["forward"] for c in costs.values()) * (len(task.train) + len(task.val))
+
+    def after(final: float) -> float:  # after the search: the final run, the floor's probe, test predictions
+        return final + floor_seconds + test_seconds * 2 + RESERVE * clock.budget
+
+    plan = {"measured": costs, "optimizer_steps": steps, "pairs_considered": len(pairs),
+            "left_at_plan": clock.left(), "after_final_seconds": after(0.0)}
+    while pairs:
+        final = max(p.full_seconds for p in pairs)
+        search = clock.left() - after(final)
+        rounds = _round_count(len(pairs))
+        if len(pairs) == 1:
+            if search >= 0:
+                return pairs, plan | {"pairs": 1, "rounds": 0, "fraction": 1.0, "final_seconds": final,
+                                      "keep_seconds": after(final), "eta_seconds": clock.elapsed() + after(final)}, None
+        else:
+            # the last round gets at most 1/ETA of the schedule: the winner's full run follows it
+            fraction = min(ETA ** -rounds, search / (rounds * sum(p.full_seconds for p in pairs)))
+            if fraction * steps >= MIN_ROUND_STEPS:
+                return pairs, plan | {"pairs": len(pairs), "rounds": rounds, "fraction": fraction,
+                                      "search_seconds": rounds * fraction * sum(p.full_seconds for p in pairs),
+                                      "final_seconds": final, "keep_seconds": after(final),
+                                      "eta_seconds": clock.elapsed() + search + after(final)}, None
+        pairs.pop()  # the least preferred pair goes first
+    needed = min((_full_seconds(c, s, steps, task, cfg) for c in costs.values() for s in fine_tunes), default=0.0)
+    return [], plan, (f"no fine-tunes: the shortest needs ~{needed:.0f}s of the {max(clock.left(), 0):.0f}s left "
+                      f"of --budget {clock.budget / 60:g}; pass a larger --budget to try them")
+
+
+def measure_costs(source_id: str, task: TaskData, cfg: FitConfig) -> dict:
+    """Seconds per example of one training step (forward, backward, AdamW) and of one forward
+    pass of ``source_id`` at its prepared size, timed on ``TIMED_EXAMPLES`` train examples after a
+    warm-up step (inputs loaded and transformed as training does)."""
+    from transferkit.sources.inputs import input_pipeline
+    from transferkit.surgery.target import build_target_model
+    from transferkit.training import prepare_source
+
+    src = prepare_source(load_candidate(source_id, cfg.seed), cfg, task)
+    model = build_target_model(src, {task.task_name: task.num_classes}, cfg.head_hidden, cfg.head_dropout)
+    examples = list(task.train.examples[:TIMED_EXAMPLES])
+    pipe = input_pipeline(src, train=True, augment=cfg.augment)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    labels = torch.as_tensor(task.train.labels[:len(examples)])
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        logits = model(**pipe.collate([pipe.load(x) for x in examples]))[task.task_name]
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    model.train()
+    step()  # warm-up: allocations, lazy initialisation
+    train = step() / len(examples)
+    model.eval()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(**pipe.collate([pipe.load(x) for x in examples]))
+        forward = (time.perf_counter() - t0) / len(examples)
+    return {"train_step_per_example": train, "forward": forward}
+
+
+def _schedule_steps(task: TaskData, cfg: FitConfig) -> int:
+    from transferkit.engine.schedule import steps_per_epoch
+
+    return cfg.epochs * steps_per_epoch(len(task.train), cfg.batch_size, cfg.grad_accum)
+
+
+def _full_seconds(cost: dict, strategy: str, steps: int, task: TaskData, cfg: FitConfig) -> float:
+    """A full schedule: its optimizer steps, a validation pass per epoch, and a probe's feature
+    pass for the strategies that start from one."""
+    from transferkit.strategies import get_strategy
+
+    seconds = steps * cfg.batch_size * cfg.grad_accum * cost["train_step_per_example"]
+    seconds += cfg.epochs * len(task.val) * cost["forward"]
+    if get_strategy(strategy).probe_first:
+        seconds += (len(task.train) + len(task.val)) * cost["forward"]
+    return seconds
+
+
+def _round_count(n: int) -> int:
+    rounds = 0
+    while n > 1:
+        n, rounds = math.ceil(n / ETA), rounds + 1
+    return rounds
+
+
+def _describe_plan(plan: dict) -> str:
+    return (f"Plan: {plan['pairs']} fine-tuning pair(s), {plan['rounds']} round(s) of successive halving from "
+            f"{plan['fraction']:.0%} of the schedule (~{plan.get('search_seconds', 0):.0f}s), then the winner's full "
+            f"run (~{plan['final_seconds']:.0f}s); ETA {_mmss(plan['eta_seconds'])}")
+
+
+# -- successive halving --------------------------------------------------------------------------------
+
+
+def _halving(task: TaskData, cfg: FitConfig, pairs: list[_Pair], fraction: float, clock: Clock, keep_seconds: float,
+             say) -> list[dict]:
+    """Short fine-tunes of ``pairs``, ETA x the steps each round for the best 1/ETA; sets each
+    pair's last ``val_accuracy``, leaves the leader first in ``pairs`` and returns the rounds.
+    A pair that would start with less than ``keep_seconds`` (the winner's full run and what
+    follows) plus its own estimate left is not trained, and the halving ends with that round."""
     from transferkit.training import train_target
 
-    rounds, alive, last_acc = [], list(top), {}
-    r = 0
+    rounds, alive, r = [], list(pairs), 0
     while len(alive) > 1:
-        epochs = min(cfg.epochs, first * eta**r)
-        probe_epochs = max(1, min(cfg.probe_epochs, math.ceil(cfg.probe_epochs * epochs / cfg.epochs)))
-        short = dataclasses.replace(cfg, epochs=epochs, probe_epochs=probe_epochs, baseline=False, wise_ft=False,
-                                    wise_ft_per_group=False, patience=0, checkpoint_every=0, report_to=[],
-                                    resume=False)
-        if verbose:
-            print(f"Round {r + 1}: {len(alive)} candidates x {epochs} epoch(s) of {cfg.strategy} "
-                  f"(probe epochs {probe_epochs})")
-        results = []
-        for source_id in alive:
+        share = fraction * ETA**r
+        if share >= 1:  # the next round would be the full run: the leader of this one goes on
+            break
+        epochs = max(1, round(share * cfg.epochs))
+        short = dataclasses.replace(cfg, epochs=epochs, baseline="none", wise_ft=False, wise_ft_per_group=False,
+                                    patience=0, checkpoint_every=0, report_to=[], resume=False)
+        planned = sum(p.full_seconds for p in alive) * epochs / cfg.epochs
+        say(f"{clock.stamp()} Round {r + 1}: {len(alive)} pair(s) x {epochs} of {cfg.epochs} epochs "
+            f"(~{planned:.0f}s)")
+        results, late = [], []
+        for pair in alive:
+            if clock.left() < keep_seconds + pair.full_seconds * epochs / cfg.epochs:
+                late.append(pair)
+                continue
             t0 = time.perf_counter()
-            # as in `fit`: an @random candidate is the seeded draw that was ranked
-            _, trainer = train_target(task, load_candidate(source_id, cfg.seed), short, verbose=verbose)
-            acc = float(trainer.stages[-1]["best_val_accuracy"]) if trainer.stages else 0.0
-            last_acc[source_id] = acc
-            results.append({"source": source_id, "val_accuracy": acc, "seconds": time.perf_counter() - t0})
-        order = sorted(results, key=lambda x: (-x["val_accuracy"], top.index(x["source"])))
-        alive = [x["source"] for x in order[: math.ceil(len(alive) / eta)]]
-        rounds.append({"round": r + 1, "epochs": epochs, "probe_epochs": probe_epochs, "results": results,
-                       "kept": alive})
-        if epochs >= cfg.epochs and len(alive) > 1:  # full budget reached: the best of this round wins
-            alive = alive[:1]
+            _, trainer = train_target(task, load_candidate(pair.source, cfg.seed),
+                                      dataclasses.replace(short, strategy=pair.strategy), verbose=False)
+            pair.val_accuracy = float(trainer.stages[-1]["best_val_accuracy"]) if trainer.stages else 0.0
+            results.append({"source": pair.source, "strategy": pair.strategy, "val_accuracy": pair.val_accuracy,
+                            "seconds": time.perf_counter() - t0})
+            say(f"    {pair.source} + {pair.strategy}: val {pair.val_accuracy:.3f} ({results[-1]['seconds']:.0f}s)")
+        trained = sorted((p for p in alive if all(p is not q for q in late)), key=lambda p: (-p.val_accuracy, p.prior))
+        alive = trained[:1] if late else trained[:math.ceil(len(alive) / ETA)]
+        rounds.append({"round": r + 1, "epochs": epochs, "share": share, "results": results,
+                       "kept": [f"{p.source} + {p.strategy}" for p in alive],
+                       "not_trained": [f"{p.source} + {p.strategy}: budget" for p in late],
+                       "seconds": sum(x["seconds"] for x in results), "planned_seconds": planned})
         r += 1
-    return rounds, last_acc, alive[0]
+        if not trained:
+            break
+    pairs.sort(key=lambda p: (all(p is not q for q in alive), -(p.val_accuracy or 0.0), p.prior))
+    return rounds
 
 
-def _kendall(rounds: list[dict], score_of: dict[str, float], score: str) -> tuple[float | None, float | None, str]:
-    """Kendall's tau (and p) between the score and round-1 validation accuracy, with a note."""
-    from scipy.stats import kendalltau
+# -- the decision ---------------------------------------------------------------------------------------
 
-    if not rounds or len(rounds[0]["results"]) < 2:
-        return None, None, "needs short runs of at least 2 candidates (top_k >= 2)"
-    x = [score_of[res["source"]] for res in rounds[0]["results"]]
-    y = [res["val_accuracy"] for res in rounds[0]["results"]]
-    t, pv = kendalltau(x, y)
-    if not np.isfinite(t):
-        return None, None, "undefined: the scores or the validation accuracies are all equal"
-    return float(t), float(pv), f"{score} vs round-1 validation accuracy over the top {len(x)}"
+
+def _decide(rows: list[dict], best_probe: dict, pairs: list[_Pair], strategies: list[str],
+            note: str | None) -> Choice:
+    """The choice and why (see the module docstring, step 6)."""
+    probe_val = {r["source"]: r["probe_val_accuracy"] for r in rows}
+    if not pairs:  # no fine-tune to judge: the best probe, or the top source for the asked strategy
+        if "linear_probe" in strategies:
+            why = "the best cross-validated probe" + (f"; {note}" if note else "")
+            return Choice(best_probe["source"], "linear_probe", {"why": why})
+        top = next(r for r in rows if r["pruned"] is None)
+        return Choice(top["source"], strategies[0], {"why": "the top of the combined ranking"
+                                                           + (f"; {note}" if note else "")})
+    leader = pairs[0]
+    if "linear_probe" not in strategies:  # a strategy was asked for: the halving decides the source
+        return Choice(leader.source, leader.strategy, {"why": "won the short fine-tunes"
+                                                              if len(pairs) > 1 else "the only candidate"})
+    floor = max(probe_val.get(leader.source) or 0.0, best_probe["probe_val_accuracy"] or 0.0)
+    if leader.val_accuracy is not None and leader.val_accuracy <= floor:
+        return Choice(best_probe["source"], "linear_probe",
+                      {"why": f"the best probe: the leading fine-tune ({leader.source} + {leader.strategy}, val "
+                              f"{leader.val_accuracy:.3f}) did not beat the probe's val {floor:.3f}"})
+    floor_source = best_probe["source"] if (best_probe["probe_val_accuracy"] or 0.0) >= (
+        probe_val.get(leader.source) or 0.0) else leader.source
+    why = ("the only fine-tune that fits the budget; it is kept only if it beats the probe after its full run"
+           if leader.val_accuracy is None else
+           f"won the short fine-tunes (val {leader.val_accuracy:.3f} > the probe's {floor:.3f})")
+    return Choice(leader.source, leader.strategy, {"why": why},
+                  floor={"source": floor_source, "val_accuracy": floor})
+
+
+def _confidence(rows: list[dict], choice: Choice) -> str:
+    """How sure the source choice is: the runner-up's paired probe gap, in words."""
+    chosen = next(r for r in rows if r["source"] == choice.source)
+    others = [r for r in rows if r is not chosen and r.get("probe_gap")]
+    if chosen.get("probe_gap") is not None:  # the chosen is not the best probe: a fine-tune lifted it
+        gap, se = chosen["probe_gap"]
+        return f"its probe is {gap:.1%} ± {se:.1%} below the best probe's; the fine-tunes chose it"
+    if not others:
+        return "one candidate" if len(rows) == 1 else "no cross-validated probe to compare"
+    gap, se = min((r["probe_gap"] for r in others), key=lambda g: g[0])
+    runner = min(others, key=lambda r: r["probe_gap"][0])["source"]
+    strength = "clear" if gap - PRUNE_Z * se > 0 else "within the noise"
+    return f"probe {gap:.1%} ± {se:.1%} above the runner-up {runner} ({strength})"
+
+
+def public_rows(rows: list[dict]) -> list[dict]:
+    """The ranking rows without the private arrays (for metrics.json)."""
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
 def format_selection(report: dict) -> str:
-    """A few lines summarising a ``select_source`` report."""
-    lines = [f"Source selection by {report['score']}: top {len(report['top_k'])} of {len(report['candidates'])}"]
+    """A few lines summarising a ``choose`` report."""
+    lines = [f"Candidates (combined ranking; scores used: {', '.join(report['scores']) or 'none'}):"]
     for row in report["ranking"]:
-        acc = report["short_run_val_accuracy"].get(row["source"])
-        shown = f"  short-run val acc {acc:.3f}" if acc is not None else ""
-        lines.append(f"  {row['rank']:>2}. {row['source']:<32} {report['score']} {fmt(row[report['score']])}{shown}")
-    tau = report["kendall_tau"]
-    lines.append(f"Chosen: {report['choice']}.  Kendall tau (score vs short-run accuracy): "
-                 + (f"{tau:+.2f}" if tau is not None else f"n/a ({report['kendall_note']})"))
+        shown = f"probe {fmt(row.get('cv_accuracy'))}"
+        if row.get("probe_val_accuracy") is not None:
+            shown += f" (val {row['probe_val_accuracy']:.3f})"
+        lines.append(f"  {row['rank']:>2}. {row['source']:<32} {shown}"
+                     + (f"  pruned: {row['pruned']}" if row.get("pruned") else ""))
+    for name, reason in report["uninformative_scores"].items():
+        lines.append(f"  {name} not used: {reason}")
+    lines.append(f"Chosen: {report['choice']} + {report['chosen_strategy']}: {report['why']} "
+                 f"({report['confidence']}).")
     return "\n".join(lines)
 
 
-# -- helpers ---------------------------------------------------------------------------------------
-
-
+def _mmss(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"

@@ -2,7 +2,7 @@
 
 Around the strategy: ``init_mix`` blends the shared layers with a fresh initialisation before
 training, ``wise_ft`` chooses an interpolation between the starting and the fine-tuned shared
-layers on validation afterwards, and ``run_baseline`` trains the no-transfer baseline.
+layers on validation afterwards, and ``run_baseline`` trains the no-transfer baseline(s).
 """
 
 from __future__ import annotations
@@ -30,14 +30,11 @@ from transferkit.surgery import TargetModel, build_target_model
 from transferkit.surgery.cut import cut_source, reinit_groups
 
 
-def check_validation_split(task: TaskData, cfg: FitConfig, source: str = "") -> None:
-    """Options that choose on the validation split need one (``source`` "auto" with ``top_k`` > 1 too)."""
+def check_validation_split(task: TaskData, cfg: FitConfig) -> None:
+    """Options that choose on the validation split need one. (An auto search without one
+    cross-validates its probes on train and skips the fine-tunes, saying so.)"""
     if len(task.val):
         return
-    if source == "auto" and cfg.top_k > 1:
-        raise ConfigError(f"`--source auto` confirms its top {cfg.top_k} candidates on the validation split, which "
-                          f"is empty ({len(task.train)} train examples in {len(task.classes)} classes); add "
-                          "examples (or a `val/` folder), or pass `--top-k 1` to take the best-scored source.")
     for name, on in (("wise_ft", cfg.wise_ft), ("patience", cfg.patience)):
         if on:
             raise ConfigError(f"`--{name.replace('_', '-')}` chooses on the validation split, which is empty "
@@ -78,15 +75,20 @@ def prepare_source(src: SourceModel, cfg: FitConfig, task: TaskData) -> SourceMo
 
 
 def train_target(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
-                 checkpoint_dir: Path | None = None, run_dir: str | Path | None = None):
+                 checkpoint_dir: Path | None = None, run_dir: str | Path | None = None, deadline: float | None = None):
     """Prepares ``src`` for ``cfg`` (``prepare_source``) and trains a target model on it; returns (model, trainer)."""
     return train_prepared(task, prepare_source(src, cfg, task), cfg, verbose=verbose, checkpoint_dir=checkpoint_dir,
-                          run_dir=run_dir)
+                          run_dir=run_dir, deadline=deadline)
 
 
 def train_prepared(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
-                   checkpoint_dir: Path | None = None, run_dir: str | Path | None = None):
+                   checkpoint_dir: Path | None = None, run_dir: str | Path | None = None, deadline: float | None = None):
     """Builds the target model on a prepared ``src`` and trains it with ``cfg.strategy``; returns (model, trainer).
+
+    ``deadline`` (a ``time.perf_counter()`` value; ``time.perf_counter() + seconds`` for a budget)
+    ends the loop's stages on time: a stage still running then stops at the first optimiser step
+    past it, its schedule re-planned to the steps that fit, and says ``stopped_on_time`` in its
+    ``trainer.stages`` row (``engine.Trainer``). Convex stages and WiSE-FT's sweep are not cut.
 
     Around the strategy: ``init_mix`` blends the shared layers with a fresh initialisation
     before training, and ``wise_ft`` chooses an interpolation between the starting and the
@@ -105,7 +107,7 @@ def train_prepared(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bo
     model = strategy.prepare(model)
     start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if cfg.wise_ft else None
     trainer = Trainer(cfg, task, src, verbose=verbose, task_weights=cfg.task_weights,
-                      checkpoint_dir=checkpoint_dir, resume=cfg.resume, run_dir=run_dir)
+                      checkpoint_dir=checkpoint_dir, resume=cfg.resume, run_dir=run_dir, deadline=deadline)
     strategy.train(model, trainer)
     if cfg.wise_ft:
         _choose_wise_ft(model, start, trainer, strategy.wise_ft_keys(start),
@@ -180,31 +182,85 @@ def _choose_wise_ft(model: TargetModel, start: dict, trainer, keys: list[str],
                            "alpha": alpha, "curve": curve, **chosen})
 
 
-def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
-                 checkpoint_dir: Path | None = None) -> dict:
-    """The no-transfer baseline with the same budget, as ``baseline_*`` metrics.
+#: Epochs planned for the scratch baseline given a time budget (``--epochs`` when more): the budget,
+#: not the epochs, ends it, its schedule re-planned to the steps that fit (``engine.Trainer``).
+SCRATCH_MAX_EPOCHS = 100
 
-    Text: TF-IDF + logistic regression. Other modalities: the source's architecture from random
-    initialisation, every layer trained for ``epochs`` epochs at ``baseline_lr``.
+
+def run_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool = True,
+                 checkpoint_dir: Path | None = None, seconds: float | None = None) -> dict:
+    """The no-transfer baseline(s) ``cfg.baseline`` names, as metrics ({} for "none").
+
+    - ``classical``: ``evaluation/baseline.py``'s linear model for the modality (pixels, TF-IDF,
+      log-mel or series features; hyper-parameters chosen on val or by k-fold CV, refitted on
+      train + val). Seconds on a few hundred examples.
+    - ``scratch``: the source's architecture from random initialisation, every layer trained at
+      ``baseline_lr``, given the transfer run's compute rather than its epochs: ``seconds`` (the
+      transfer's training time) is its wall-clock budget (a ``deadline`` for ``train_target``)
+      and it is planned for up to ``SCRATCH_MAX_EPOCHS`` epochs; without ``seconds``, ``epochs``
+      epochs and no limit.
+    - ``both``: the classical one under ``baseline_*`` (the one ``transfer_gain`` is against),
+      the scratch one under ``scratch_baseline_*``.
+
+    A baseline's keys: ``baseline`` (its name), ``baseline_kind`` (classical or scratch),
+    ``baseline_params`` (the chosen hyper-parameters; for scratch the budget and what it
+    allowed), ``baseline_chosen_by``, ``baseline_val_accuracy``, ``baseline_description`` (one
+    line for reports), ``baseline_seconds`` and ``baseline_test_*`` (``classification_metrics``).
     """
+    out: dict = {}
+    if cfg.baseline in ("classical", "both"):
+        out |= _classical_baseline(task, cfg)
+    if cfg.baseline in ("scratch", "both"):
+        scratch = _scratch_baseline(task, src, cfg, verbose, checkpoint_dir, seconds)
+        out |= scratch if cfg.baseline == "scratch" else {f"scratch_{k}": v for k, v in scratch.items()}
+    return out
+
+
+def _classical_baseline(task: TaskData, cfg: FitConfig) -> dict:
+    from transferkit.evaluation.baseline import classical_baseline
+
+    started = time.perf_counter()
+    proba, info = classical_baseline(task, cfg.seed)
+    return _baseline_metrics(task, "classical", info, proba, time.perf_counter() - started)
+
+
+def _scratch_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose: bool,
+                      checkpoint_dir: Path | None, seconds: float | None) -> dict:
     started = time.perf_counter()
     cfg = resolve_options(cfg, task)
-    if task.modality == "text":
-        from transferkit.evaluation.baseline import tfidf_baseline
-
-        proba, info = tfidf_baseline(task, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    scratch = fresh_network(src)  # train_target estimates its BatchNorm statistics, as for any @random source
+    epochs = cfg.epochs if seconds is None else max(cfg.epochs, SCRATCH_MAX_EPOCHS)
+    base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, head_lr=cfg.baseline_lr, freeze=[],
+                                   init_mix=0.0, bn_stats="update",  # a network trained from scratch
+                                   wise_ft=False, reinit=[], report_to=[], epochs=epochs)
+    model, trainer = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir,
+                                  deadline=None if seconds is None else started + seconds)
+    trained = time.perf_counter() - started
+    proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
+    loop = [s for s in trainer.stages if "optimizer_steps" in s]
+    architecture = src.architecture or src.id
+    params = {"architecture": architecture, "strategy": "full", "lr": cfg.baseline_lr,
+              "epochs_run": sum(s["epochs_run"] for s in loop),
+              "optimizer_steps": sum(s["optimizer_steps"] for s in loop), "train_seconds": trained}
+    if seconds is None:
+        what = f"{cfg.epochs} epochs"
     else:
-        torch.manual_seed(cfg.seed)
-        scratch = fresh_network(src)  # train_target estimates its BatchNorm statistics, as for any @random source
-        base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, head_lr=cfg.baseline_lr, freeze=[],
-                                       init_mix=0.0, bn_stats="update",  # a network trained from scratch
-                                       wise_ft=False, reinit=[], report_to=[])
-        model, _ = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir)
-        proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
-        info = {"baseline": f"{src.architecture or src.id} from random init, strategy full, "
-                            f"{cfg.epochs} epochs, lr {cfg.baseline_lr:g}"}
+        stopped = any(s.get("stopped_on_time") for s in loop)
+        params |= {"seconds_limit": seconds, "planned_epochs": epochs, "stopped_on_time": stopped}
+        what = (f"{params['epochs_run']} of up to {epochs} epochs ({params['optimizer_steps']} steps) in the "
+                f"transfer's {seconds:.1f} s" + (", stopped on time" if stopped else ""))
+    info = {"baseline": "scratch", "baseline_params": params,
+            "baseline_chosen_by": "the transfer run's epochs" if seconds is None else "the transfer run's training time",
+            "baseline_val_accuracy": max((s["best_val_accuracy"] for s in loop), default=None),
+            "baseline_description": f"scratch: {architecture} from random init, strategy full, "
+                                    f"lr {cfg.baseline_lr:g}, {what}"}
+    return _baseline_metrics(task, "scratch", info, proba, time.perf_counter() - started)
+
+
+def _baseline_metrics(task: TaskData, kind: str, info: dict, proba, seconds: float) -> dict:
     m = classification_metrics(task.test.labels, proba.argmax(1), task.classes)
-    return {**info, "baseline_seconds": time.perf_counter() - started, **prefixed(m, "baseline_test_")}
+    return {**info, "baseline_kind": kind, "baseline_seconds": seconds, **prefixed(m, "baseline_test_")}
 
 
 def describe_recipe(given: FitConfig, trainer, src: SourceModel) -> dict:

@@ -59,7 +59,7 @@ class _DecodeError(Exception):
     """Why a file could not be decoded (the message is the reason, without the path)."""
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
     """Decodes an image file into an 8-bit RGB image.
 
     Transparent images (RGBA, LA, palette with transparency) are composited on white; 16-bit
@@ -70,6 +70,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
     Args:
         path: The image file.
+        max_side: Only this many pixels are needed on the short side: a format that can
+            decode at a reduced scale (JPEG: 1/2, 1/4 or 1/8) does, keeping both sides at
+            least ``max_side`` (``PIL.Image.Image.draft``). None: full size.
 
     Returns:
         A loaded ``PIL.Image.Image`` in mode ``"RGB"``, detached from the file.
@@ -79,7 +82,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             Pillow cannot decode here (``UNSUPPORTED_IMAGE``).
     """
     try:
-        return _decode(Path(path))
+        return _decode(Path(path), max_side)
     except _DecodeError as e:
         raise DataError(f"Cannot read image {str(path)!r}: {e}. Fix or remove the file.") from None
 
@@ -113,7 +116,7 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def _decode(path: Path) -> Image.Image:
+def _decode(path: Path, max_side: int | None = None) -> Image.Image:
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_IMAGE:
         raise _DecodeError(f"{suffix} files cannot be decoded here (Pillow reads "
@@ -123,6 +126,8 @@ def _decode(path: Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise _DecodeError("empty file (0 bytes)")
         with Image.open(path) as im:
+            if max_side:
+                im.draft(None, (max_side, max_side))
             im.load()
             return _to_rgb(_upright(im))
     except _DecodeError:

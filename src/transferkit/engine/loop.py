@@ -3,8 +3,9 @@
 Accelerate owns devices, processes (DDP), mixed precision and gradient accumulation; this
 loop owns what transfer needs on top: AdamW with parameter groups, warm-up + cosine, early
 stopping on validation accuracy with the best weights restored, an optional penalty (L2-SP),
-per-epoch hooks (gradual unfreezing), a stop within one step of a NaN/inf loss, and
-checkpoints that resume a killed run to the same bits.
+per-epoch hooks (gradual unfreezing), a stop within one step of a NaN/inf loss, an optional
+wall-clock deadline (``Trainer(deadline=...)``: the stage stops at the first optimiser step past it,
+its schedule re-planned to the steps that fit), and checkpoints that resume a killed run to the same bits.
 
 One stage (one ``fit`` call) reads top to bottom: prepare the loaders, optimizer and schedule
 (``_prepare_stage``); run epochs of steps (``_train_epoch``, ``_step``); evaluate, record and
@@ -94,6 +95,12 @@ class _Stage:
     on_epoch_start: Callable[[int, nn.Module], None] | None
     keep_norm_stats: bool = False  # BatchNorm layers normalise with their running statistics, left as they are
     show: Callable[..., None] = lambda **_: None  # updates the progress bar
+    planned_steps: int = 0  # optimiser steps of the stage's schedule as planned (epochs x steps per epoch)
+    schedule_steps: int = 0  # where the warm-up + cosine ends now: planned_steps, or fewer re-planned to a deadline
+    deadline: float | None = None  # ``time.perf_counter()`` by which the stage stops (None: no limit)
+    clock: float = 0.0  # ``time.perf_counter()`` when this process started (or resumed) the stage's steps
+    steps_here: int = 0  # optimiser steps since ``clock``
+    stopped_on_time: bool = False  # the deadline (or the re-planned schedule's end) stopped the stage
 
 
 class Trainer:
@@ -113,14 +120,33 @@ class Trainer:
         resume: Continue from the newest valid checkpoint in ``checkpoint_dir``. With no
             checkpoint there yet, training starts from the beginning (with a warning); with
             checkpoints that all fail to verify, ``CheckpointError`` is raised.
+        deadline: A wall-clock limit for the loop's stages, as a ``time.perf_counter()`` value
+            (``time.perf_counter() + seconds`` for a budget of ``seconds`` from now; one value
+            may be shared by several trainers, e.g. the fine-tunes of a search). A stage still
+            running at the deadline stops at the end of the first optimiser step past it
+            (gradient accumulation is never cut), evaluates that partial epoch as an epoch end
+            does, keeps its best (or last) weights as usual and records ``stopped_on_time``,
+            ``seconds_limit`` and the steps it planned (``planned_epochs``,
+            ``planned_optimizer_steps``, ``schedule_steps``) in ``stages``. Its warm-up + cosine
+            schedule is re-planned to end where the deadline falls (below). A stage that starts
+            after the deadline still takes one step. Convex stages (``fit_heads_on_features``
+            with linear heads) run in one go and are never cut. None (the default): no limit,
+            and nothing above is recorded. Every process stops at the same step.
     """
+
+    #: Optimiser steps of a stage timed before its schedule is first re-planned to the deadline.
+    REPLAN_AFTER_STEPS = 5
+    #: Share of the time left that a re-planned schedule fills (epoch ends and timing noise take the rest).
+    REPLAN_SAFETY = 0.9
 
     def __init__(self, config: FitConfig, task: TaskData, source: SourceModel, *, verbose: bool = True,
                  task_weights: dict[str, float] | None = None, checkpoint_dir: str | Path | None = None,
-                 resume: bool = False, run_dir: str | Path | None = None) -> None:
+                 resume: bool = False, run_dir: str | Path | None = None, deadline: float | None = None) -> None:
         from accelerate.utils import set_seed
 
         self.task = task
+        #: ``time.perf_counter()`` by which the loop's stages stop (None: no limit); see the class docstring.
+        self.deadline = deadline
         self.verbose = verbose
         self.task_weights = task_weights or {DEFAULT_TASK: 1.0}
         self.accelerator = make_accelerator(resolve_precision(config.precision), config.grad_accum)
@@ -164,8 +190,11 @@ class Trainer:
     def fit(self, model: nn.Module, param_groups: list[dict], *, stage: str, epochs: int | None = None,
             penalty: Callable[[nn.Module], torch.Tensor] | None = None,
             on_epoch_start: Callable[[int, nn.Module], None] | None = None,
-            train_set=None, val_set=None, keep_norm_stats: bool | None = None) -> None:
-        """Trains the parameters in ``param_groups`` (each with its own ``lr``) for ``epochs``.
+            train_set=None, val_set=None, keep_norm_stats: bool | None = None,
+            deadline: float | None = None) -> None:
+        """Trains the parameters in ``param_groups`` (each with its own ``lr``) for ``epochs``,
+        or until ``deadline`` (a ``time.perf_counter()`` value; default: the trainer's, see the
+        class docstring).
 
         BatchNorm layers stay in inference mode (their running statistics normalise and are not
         updated; their affine weights still train if trainable) with ``--bn-stats keep``, or with
@@ -188,11 +217,13 @@ class Trainer:
         mode = self.config.bn_stats
         st.keep_norm_stats = mode == "keep" or (mode == "auto" and (
             self.source_statistics if keep_norm_stats is None else keep_norm_stats))
+        st.deadline = self.deadline if deadline is None else deadline
         run = StageState(index, stage, epochs)
         restored = self._checkpoints.restore_partial(run, model, st.optimizer, st.scheduler, on_epoch_start)
         if restored is not None:
             self.history, self.stages = restored
         run.started = time.perf_counter() - run.elapsed
+        st.clock = time.perf_counter()
         with _progress(self.verbose and self.accelerator.is_main_process) as progress:
             bar = progress.add_task(stage, total=epochs * len(st.loader),
                                     completed=run.epoch * len(st.loader) + run.batch, status="")
@@ -221,7 +252,8 @@ class Trainer:
         steps = epochs * math.ceil(len(loader) / cfg.grad_accum)
         scheduler = warmup_cosine(optimizer.optimizer, int(cfg.warmup_ratio * steps), steps)
         return _Stage(model, prepared, _trainable_ids(model), count_trainable(model), optimizer, scheduler, loader,
-                      val_loader, val_set, sampler, examples, loader_rng, penalty, on_epoch_start)
+                      val_loader, val_set, sampler, examples, loader_rng, penalty, on_epoch_start,
+                      planned_steps=steps, schedule_steps=steps)
 
     def _train_epoch(self, st: _Stage, run: StageState) -> None:
         """The rest of epoch ``run.epoch``: from its start, or after the batches a resumed run already did."""
@@ -252,6 +284,13 @@ class Trainer:
                 if (cfg.checkpoint_every and run.optimizer_steps % cfg.checkpoint_every == 0
                         and run.batch < len(st.loader)):
                     self._save(st, run)
+                if st.deadline is not None:
+                    st.steps_here += 1
+                    if st.steps_here == self.REPLAN_AFTER_STEPS:
+                        self._replan_to_deadline(st, run)
+                    if self._out_of_time(st, run):
+                        st.stopped_on_time = True  # `_end_epoch` evaluates this partial epoch, then the stage ends
+                        break
 
     def _step(self, st: _Stage, run: StageState, inputs: dict, labels: dict) -> torch.Tensor:
         """One batch: forward, loss (+ penalty), backward; an optimiser step at the end of an accumulation."""
@@ -287,9 +326,54 @@ class Trainer:
         elif self.config.patience and epoch + 1 - run.best_epoch >= self.config.patience:
             stop = True
         run.epoch, run.batch, run.loss_sum, run.seen = epoch + 1, 0, 0.0, 0
+        if st.deadline is not None and not stop and not st.stopped_on_time and run.epoch < run.epochs:
+            self._replan_to_deadline(st, run)  # the time per step now includes the validation passes
+            st.stopped_on_time = self._out_of_time(st, run)
+        stop = stop or st.stopped_on_time
         if not stop and run.epoch < run.epochs:  # the last epoch's state is the stage's `done` checkpoint
             self._save(st, run)
         return stop
+
+    # -- a deadline --------------------------------------------------------------------------
+
+    def _replan_to_deadline(self, st: _Stage, run: StageState) -> None:
+        """Ends the warm-up + cosine schedule at the optimiser steps that fit before ``st.deadline``.
+
+        The choice: re-plan rather than keep the planned schedule and cut it. A cut cosine stops
+        at a high learning rate, which leaves a model trained from scratch far from where its
+        schedule would have annealed it, so a deadline would judge an unfinished run. The time
+        per step is measured on this process's steps of the stage so far (at the
+        ``REPLAN_AFTER_STEPS``-th step, then at every epoch end, when it includes the validation
+        passes); ``REPLAN_SAFETY`` of the time left is filled. The schedule never grows past the
+        planned steps, and the stage stops when it reaches its re-planned end (the learning rate
+        is 0 there). Processes agree on the mean of their estimates.
+        """
+        now = time.perf_counter()
+        per_step = (now - st.clock) / max(st.steps_here, 1)
+        fit = float(run.optimizer_steps + max(0.0, self.REPLAN_SAFETY * (st.deadline - now)) / max(per_step, 1e-9))
+        if self.accelerator.num_processes > 1:
+            estimate = torch.tensor([min(fit, 1e12)], dtype=torch.float64, device=self.accelerator.device)
+            fit = float(self.accelerator.reduce(estimate, "mean").item())
+        total = max(run.optimizer_steps + 1, min(st.planned_steps, int(fit)))
+        if total == st.schedule_steps:
+            return
+        st.schedule_steps = total
+        warmup = int(self.config.warmup_ratio * total)
+        scheduler = st.scheduler
+        scheduler.lr_lambdas = [functools.partial(_warmup_cosine, warmup=warmup, total=total)
+                                for _ in scheduler.lr_lambdas]
+        for group, base, lam in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * lam(scheduler.last_epoch)  # the next step already uses the new schedule
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+    def _out_of_time(self, st: _Stage, run: StageState) -> bool:
+        """True on every process once one is past the deadline, or the re-planned schedule has ended."""
+        late = time.perf_counter() >= st.deadline or (st.schedule_steps < st.planned_steps
+                                                       and run.optimizer_steps >= st.schedule_steps)
+        if self.accelerator.num_processes > 1:  # every process must stop at the same step
+            flag = torch.tensor([float(late)], device=self.accelerator.device)
+            late = bool(self.accelerator.reduce(flag, "sum").item())
+        return late
 
     def _finish_stage(self, st: _Stage, run: StageState) -> None:
         """Restores the best epoch's weights, records the stage and writes its `done` checkpoint."""
@@ -298,11 +382,15 @@ class Trainer:
             st.model.load_state_dict(run.best_state)
         self._release(acc)
         seconds = time.perf_counter() - run.started
+        limit = {} if st.deadline is None else {
+            "stopped_on_time": st.stopped_on_time, "seconds_limit": st.deadline - run.started,
+            "planned_epochs": run.epochs, "planned_optimizer_steps": st.planned_steps,
+            "schedule_steps": st.schedule_steps}
         self.stages.append({"stage": run.name, "epochs_run": run.epoch, "best_epoch": run.best_epoch,
                             "best_val_accuracy": run.best_accuracy, "trainable_parameters": st.trainable,
                             "optimizer_steps": run.optimizer_steps,
                             "batchnorm": "kept" if st.keep_norm_stats else "updated", "seconds": seconds,
-                            "examples_per_second": run.examples * acc.num_processes / max(seconds, 1e-9)})
+                            "examples_per_second": run.examples * acc.num_processes / max(seconds, 1e-9), **limit})
         self._save(st, run, done=True)
 
     def _save(self, st: _Stage, run: StageState, done: bool = False) -> None:
@@ -340,6 +428,8 @@ class Trainer:
         feats = {name: extract_features(model.backbone, ds, batch_size=self.config.batch_size * 2, device=device,
                                         num_workers=self.config.num_workers)
                  for name, ds in (("train", self.train_eval_set), ("val", self.val_set))}
+        if not len(feats["val"]):  # no validation split: an empty (0, features) block, not (0, 0)
+            feats["val"] = feats["train"].new_zeros((0, *feats["train"].shape[1:]))
         if all(_linear_layer(head) is not None for head in model.heads.values()):
             self._fit_linear_heads(heads, feats, stage, index, refit, started)
             return
@@ -352,7 +442,7 @@ class Trainer:
                           refit: bool, started: float) -> None:
         """Each head's linear layer set to its convex fit; the stage recorded and checkpointed."""
         for split, x in feats.items():
-            finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+            finite = torch.isfinite(x.flatten(1)).all(1)
             if not bool(finite.all()):
                 raise NonFiniteLossError(
                     f"The shared layers' features hold NaN or infinite values (the first at {split} example "

@@ -22,7 +22,8 @@ Where the logs go (everything stays inside the run directory, nothing needs a se
 Metric names: ``train/loss`` and ``train/lr`` per step, ``<stage>/train_loss``,
 ``<stage>/val_loss``, ``<stage>/val_accuracy`` per epoch, and ``test/accuracy``,
 ``test/macro_f1``, ``baseline/test_accuracy``, ``baseline/test_macro_f1``, ``transfer_gain``,
-``train_seconds`` at the end. Accelerate logs from the main process only.
+``train_seconds`` at the end (with ``--baseline both`` also ``scratch_baseline/test_accuracy``,
+``scratch_baseline/test_macro_f1`` and ``scratch_baseline_seconds``). Accelerate logs from the main process only.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ FINAL_METRICS = {
     "transfer_gain": "transfer_gain",
     "train_seconds": "train_seconds",
     "baseline_seconds": "baseline_seconds",
+    "scratch_baseline/test_accuracy": "scratch_baseline_test_accuracy",
+    "scratch_baseline/test_macro_f1": "scratch_baseline_test_macro_f1",
+    "scratch_baseline_seconds": "scratch_baseline_seconds",
     "peak_memory_mb": "peak_memory_mb",
     "wise_ft_alpha": "wise_ft_alpha",
 }

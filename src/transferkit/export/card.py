@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from transferkit.evaluation.report.context import baselines
 from transferkit.export.common import ExportResult, preprocessing
 
 
@@ -43,8 +44,10 @@ def _results(m: dict, n_test: int) -> list[str]:
         f"{_f(m.get('test_macro_f1'))} |",
     ]
     if "baseline_test_accuracy" in m:
-        lines.append(f"| no-transfer baseline ({m.get('baseline', 'same budget')}) | "
-                     f"{_f(m['baseline_test_accuracy'])} | {_f(m.get('baseline_test_macro_f1'))} |")
+        lines += [f"| {label} ({m.get(prefix, 'same budget')}) | "
+                  f"{_f(m[prefix + '_test_accuracy'])} | {_f(m.get(prefix + '_test_macro_f1'))} |"
+                  for prefix, label, _ in baselines(m)]
+        lines += ["", *(f"{label[0].upper()}{label[1:]}: {text}." for _, label, text in baselines(m))]
         gain = m["test_accuracy"] - m["baseline_test_accuracy"]
         lines += ["", ("Transfer helped" if gain > 0 else "Transfer LOST against" if gain < 0 else "Transfer tied with")
                   + f" the baseline: {gain * 100:+.1f} points of test accuracy."]

@@ -5,11 +5,16 @@ labelled target task. It looks at what the source produces on the target example
 or class probabilities of the source head) together with the target labels, and returns one
 number: higher means better expected transfer. Scores are comparable between sources on the
 same target data, not between different scorers or different target tasks.
+
+``Scorer.degenerate`` looks at one scorer's values across the candidate sources and says when
+they cannot rank them: every finite value the same, or (per scorer, through
+``_saturation``) every value at a bound the score reaches for reasons unrelated to transfer.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +27,13 @@ SCORERS: Registry[type[Scorer]] = Registry("scorer", help_command="scorers", plu
 
 #: How far a probability row's sum may be from 1 (float16/float32 softmax outputs drift).
 PROB_SUM_ATOL = 1e-3
+
+#: ``Scorer.degenerate``: candidates' scores this close (relative to the largest magnitude,
+#: plus ``1e-12`` absolute) count as "the same value", and a score this close to a bound
+#: (relative to ``max(1, |bound|)``) counts as "at the bound". Saturation is an algebraic
+#: identity computed in float64 (the H-score at ``C - 1`` lands within ~1e-13), while real
+#: differences between sources are orders of magnitude larger.
+DEGENERATE_RTOL = 1e-6
 
 
 class Scorer:
@@ -89,6 +101,50 @@ class Scorer:
         """Returns the score for float64 ``X`` (N, D) and int labels ``y`` in ``0..C-1``."""
         raise NotImplementedError
 
+    def degenerate(self, values: Sequence[float | None], num_classes: int) -> str | None:
+        """Why this scorer's values across candidate sources cannot rank them, or None.
+
+        ``values`` holds one score per candidate on the same target task (``None``, NaN and
+        infinities, i.e. candidates that could not be scored, are ignored); ``num_classes``
+        is the number of target classes ``C``. Checked in order:
+
+        1. the scorer's own bound (``_saturation``): every finite value sits at a bound the
+           score reaches whatever the source, e.g. the H-score at ``C - 1`` when its feature
+           covariance is rank-deficient (see each scorer's module docstring);
+        2. every finite value is the same, within ``DEGENERATE_RTOL`` (two or more values).
+
+        Returns:
+            A human-readable sentence that starts with the scorer's name (e.g. "hscore
+            saturates at C-1 = 6 for every candidate; ..."), or None when the values carry
+            information (or fewer than two candidates have a finite value and none is at a
+            bound). With no finite value at all the sentence says so.
+
+        Raises:
+            ConfigError: ``num_classes`` is not an integer >= 2.
+        """
+        check_positive_int(num_classes, "num_classes", minimum=2)
+        finite = np.array(
+            [float(v) for v in values if v is not None and np.isfinite(float(v))], dtype=np.float64
+        )
+        if finite.size == 0:
+            return f"{self.name} scored no candidate (every value is missing or non-finite)."
+        reason = self._saturation(finite, int(num_classes))
+        if reason is not None:
+            return reason
+        if finite.size >= 2:
+            spread = finite.max() - finite.min()
+            if spread <= DEGENERATE_RTOL * np.abs(finite).max() + 1e-12:
+                return (
+                    f"{self.name} gives the same value ({finite[0]:.6g}) for every candidate "
+                    f"({finite.size} scored), so it cannot rank them."
+                )
+        return None
+
+    def _saturation(self, values: np.ndarray, n_classes: int) -> str | None:
+        """Why the finite ``values`` (one or more) all sit at a bound of the score that says
+        nothing about transfer, or None; scorers with such a bound override this."""
+        return None
+
     def _check_params(self) -> None:
         """Raises ``ConfigError`` for out-of-range hyperparameters (called by ``fit``)."""
 
@@ -128,6 +184,29 @@ def cv_accuracy(model: Any, X: np.ndarray, y: np.ndarray, splits: list) -> float
     from sklearn.model_selection import cross_val_score
 
     return float(np.mean(cross_val_score(model, X, y, cv=splits, scoring="accuracy")))
+
+
+def at_bound(values: np.ndarray, bound: float) -> bool:
+    """Whether every value is within ``DEGENERATE_RTOL * max(1, |bound|)`` of ``bound``."""
+    return bool(np.all(np.abs(values - bound) <= DEGENERATE_RTOL * max(1.0, abs(bound))))
+
+
+def accuracy_saturation(name: str, values: np.ndarray, n_classes: int) -> str | None:
+    """The bounds of a held-out accuracy in [0, 1] (``knn``, ``linear``): every candidate at
+    1.0, or none above the chance level ``1 / C`` of balanced classes (with unbalanced classes
+    the majority-class rate is higher, so this flags fewer sets than it could)."""
+    if at_bound(values, 1.0):
+        return (
+            f"{name} reaches accuracy 1.0 (its maximum) for every candidate: the target task is "
+            "too easy at this many examples to tell the sources apart."
+        )
+    chance = 1.0 / n_classes
+    if np.all(values <= chance + DEGENERATE_RTOL):
+        return (
+            f"{name} is at or below chance (1/C = {chance:.4g}) for every candidate: no "
+            "source's features separate the target classes at this many examples."
+        )
+    return None
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> None:

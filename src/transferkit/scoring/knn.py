@@ -13,6 +13,8 @@ fold. Results are deterministic for a fixed ``random_state``.
 
 An all-zero feature row stays zero (it cannot be normalised); constant columns add the same
 value to every vector and are harmless. All-constant features give a chance-level score.
+``degenerate`` reports a set of candidates that all reach 1.0, or that are all at or below
+chance ``1 / C``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from transferkit.scoring.base import (
     SCORERS,
     Scorer,
+    accuracy_saturation,
     check_positive_int,
     cv_accuracy,
     stratified_splits,
@@ -58,3 +61,6 @@ class KNNProbe(Scorer):
         splits = stratified_splits(y, self.folds, self.random_state)
         k = min(self.k, min(len(train) for train, _ in splits))
         return cv_accuracy(KNeighborsClassifier(n_neighbors=k), X, y, splits)
+
+    def _saturation(self, values: np.ndarray, n_classes: int) -> str | None:
+        return accuracy_saturation(self.name, values, n_classes)

@@ -17,6 +17,9 @@ log-likelihood on the target data::
     LEEP = 1/N * sum_i log( sum_z P(y_i | z) theta(x_i)_z )
 
 It is at most 0; values near 0 mean the source's predictions already sort the target classes.
+``degenerate`` reports a set of candidates that all score 0 (within ``DEGENERATE_RTOL``): the
+bound is reached when the source classes that receive probability are each pure in one target
+class (one-hot source outputs over more source classes than examples, say), which ties them.
 Every term is finite: example ``i`` itself contributes to ``P(y_i, z)`` for each ``z`` with
 ``theta(x_i)_z > 0``. Source classes that never receive probability (``P(z) = 0``) are
 ignored, since ``theta(x)_z = 0`` for every example.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transferkit.scoring.base import SCORERS, Scorer
+from transferkit.scoring.base import SCORERS, Scorer, at_bound
 
 
 @SCORERS.register("leep")
@@ -48,3 +51,11 @@ class LEEP(Scorer):
         cond = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
         eep = np.einsum("iz,iz->i", cond[y], X)  # sum_z P(y_i | z) theta(x_i)_z
         return float(np.mean(np.log(eep)))
+
+    def _saturation(self, values: np.ndarray, n_classes: int) -> str | None:
+        if at_bound(values, 0.0):
+            return (
+                f"{self.name} is 0 (its maximum) for every candidate: each source's probable "
+                "classes are each pure in one target class, so it cannot rank the sources."
+            )
+        return None

@@ -9,6 +9,8 @@ shuffled stratified folds (``folds``, capped at the smallest class count). The s
 mean held-out accuracy, in [0, 1], and is deterministic for a fixed ``random_state``.
 Constant features are left at zero by the scaler and ignored by the model. It is the slowest
 scorer (one optimisation per fold) but the closest to what a frozen-backbone fine-tune does.
+``degenerate`` reports a set of candidates that all reach 1.0, or that are all at or below
+chance ``1 / C``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transferkit.errors import ConfigError
 from transferkit.scoring.base import (
     SCORERS,
     Scorer,
+    accuracy_saturation,
     check_positive_int,
     cv_accuracy,
     stratified_splits,
@@ -63,3 +66,6 @@ class LinearProbe(Scorer):
         )
         splits = stratified_splits(y, self.folds, self.random_state)
         return cv_accuracy(model, X, y, splits)
+
+    def _saturation(self, values: np.ndarray, n_classes: int) -> str | None:
+        return accuracy_saturation(self.name, values, n_classes)

@@ -36,6 +36,9 @@ iteration then moves ``alpha / beta`` geometrically towards 0 or infinity; we cl
 the evidence has reached its limit to ~1e-10 and evaluate ``L`` there, so the score is the
 supremum rather than NaN or an overflow.
 
+``degenerate`` applies only the default rule (the same value for every candidate): the
+supremum above has no fixed bound that does not depend on the features.
+
 Cost: one Gram matrix on the smaller side (``F^T F`` if D <= N, else ``F F^T``) and its
 eigen-decomposition; the iteration runs on all classes at once in the eigenbasis.
 """

@@ -13,13 +13,17 @@ score is minus the conditional entropy of the target label given the source labe
 
 with ``0 log 0 = 0``. It is at most 0, reached when every source label maps to a single
 target class; ``-H(Y)`` means the source predictions say nothing about the target classes.
+A source with many more classes than there are target examples reaches 0 trivially (almost
+every example gets a source class of its own), so ``degenerate`` reports a set of candidates
+that all score 0 (within ``DEGENERATE_RTOL``); all at ``-H(Y)`` is caught by the equal-values
+rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from transferkit.scoring.base import SCORERS, Scorer
+from transferkit.scoring.base import SCORERS, Scorer, at_bound
 
 
 @SCORERS.register("nce")
@@ -41,3 +45,12 @@ class NCE(Scorer):
         seen = joint > 0  # 0 log 0 = 0; P(z) > 0 wherever P(y, z) > 0
         cond = joint[seen] / np.broadcast_to(marginal, joint.shape)[seen]  # P(y | z)
         return float(np.sum(joint[seen] * np.log(cond)))
+
+    def _saturation(self, values: np.ndarray, n_classes: int) -> str | None:
+        if at_bound(values, 0.0):
+            return (
+                f"{self.name} is 0 (its maximum) for every candidate: each source's predicted "
+                "classes split the target examples into pure groups (common when a source has "
+                "many more classes than there are target examples), so it cannot rank the sources."
+            )
+        return None

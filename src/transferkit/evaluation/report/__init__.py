@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .context import (
+    baselines,
     load_context,
     reproduce_command,
     transfer_gain,
@@ -41,7 +42,7 @@ from .ranking import (
     ranking_rows,
 )
 
-__all__ = ["FACT_NAMES", "RANKING_HIDDEN", "SCORE_NAMES", "SHORT_RUN", "group_summary", "html_report",
+__all__ = ["FACT_NAMES", "RANKING_HIDDEN", "SCORE_NAMES", "SHORT_RUN", "baselines", "group_summary", "html_report",
            "load_context", "markdown_report", "ranking_columns", "ranking_rows", "reproduce_command",
            "stage_learning_rates", "stylesheet", "transfer_gain", "verdict", "verdict_kind", "write_report"]
 

@@ -37,11 +37,25 @@ def transfer_gain(metrics: dict) -> float | None:
     return metrics["test_accuracy"] - metrics["baseline_test_accuracy"]
 
 
+#: The baselines a run can hold: (metrics prefix, label). ``baseline`` is the one ``transfer_gain``
+#: is against (classical when it ran); ``scratch_baseline`` is the scratch one of ``--baseline both``.
+BASELINE_PREFIXES = (("baseline", "no-transfer baseline"), ("scratch_baseline", "scratch baseline"))
+
+
+def baselines(metrics: dict) -> list[tuple[str, str, str]]:
+    """(metrics prefix, label, description) of each baseline the run trained, the main one first.
+
+    The description names the baseline and its chosen hyper-parameters (``<prefix>_description``;
+    runs from before it have only the name, ``<prefix>``)."""
+    return [(prefix, label, str(metrics.get(f"{prefix}_description") or metrics.get(prefix) or "unnamed"))
+            for prefix, label in BASELINE_PREFIXES if f"{prefix}_test_accuracy" in metrics]
+
+
 def verdict(metrics: dict) -> str:
     """One sentence: did transfer beat the no-transfer baseline on the test split?"""
     gain = transfer_gain(metrics)
     if gain is None:
-        return "No baseline was trained (`--no-baseline`)."
+        return "No baseline was trained (`--baseline none`)."
     if gain > 0:
         return f"Transfer helped: +{gain * 100:.1f} points of test accuracy over the no-transfer baseline."
     if gain == 0:

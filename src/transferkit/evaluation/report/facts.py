@@ -22,11 +22,12 @@ class HeadlineRow(NamedTuple):
     transfer: float
     baseline: float | None  # None: no baseline was trained
     digits: int
+    scratch: float | None = None  # the scratch baseline's, next to the classical one (``--baseline both``)
 
 
 def headline_rows(metrics: dict) -> dict[str, HeadlineRow]:
-    """Transfer against its no-transfer baseline, by metric name (``test_accuracy``, ...)."""
-    return {ours: HeadlineRow(label, metrics[ours], metrics.get(theirs), digits)
+    """Transfer against its no-transfer baseline(s), by metric name (``test_accuracy``, ...)."""
+    return {ours: HeadlineRow(label, metrics[ours], metrics.get(theirs), digits, metrics.get("scratch_" + theirs))
             for label, ours, theirs, digits in HEADLINE}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .context import verdict
+from .context import baselines, verdict
 from .facts import (
     class_count_table,
     group_rows,
@@ -15,7 +15,7 @@ from .facts import (
     task_rows,
     transfer_summary,
 )
-from .ranking import ranking_table
+from .ranking import ROUND_COLUMNS, ranking_table
 
 
 def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> list[str]:
@@ -40,11 +40,14 @@ def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
 
 def _headline(config: dict, metrics: dict) -> list[str]:
     target = Path(metrics.get("data", {}).get("origin", "")).name or "target"
-    rows = [[r.label, f"{r.transfer:.{r.digits}f}", "-" if r.baseline is None else f"{r.baseline:.{r.digits}f}"]
+    both = "scratch_baseline_test_accuracy" in metrics
+    rows = [[r.label, f"{r.transfer:.{r.digits}f}", "-" if r.baseline is None else f"{r.baseline:.{r.digits}f}",
+             *(["-" if r.scratch is None else f"{r.scratch:.{r.digits}f}"] if both else [])]
             for r in headline_rows(metrics).values()]
+    named = [f"{label[0].upper()}{label[1:]}: {text}." for _, label, text in baselines(metrics)] or ["Baseline: none."]
     return [f"# transferkit run: {config['source']['id']} -> {target}", "", verdict(metrics), "",
-            *_table(["", "transfer", "no-transfer baseline"], rows), "",
-            f"Baseline: {metrics.get('baseline', 'none')}.", "",
+            *_table(["", "transfer", "no-transfer baseline", *(["scratch baseline"] if both else [])], rows), "",
+            *named, "",
             "Plots (learning curves, confusion matrix, per-class metrics): `report.html` in this directory."]
 
 
@@ -67,7 +70,11 @@ def _selection(ranking: dict) -> list[str]:
         return []
     table = ranking_table(ranking)
     lines = ["", "## Source selection", "", *[f"- {name}: {value}" for name, value in table.facts]]
-    return lines + ([""] if table.facts else []) + _table(table.columns, table.rows)
+    lines += ([""] if table.facts else []) + _table(table.columns, table.rows)
+    if ranking.get("rounds"):
+        lines += ["", "Short fine-tunes (successive halving on validation):", "",
+                  *_table(ROUND_COLUMNS, ranking["rounds"])]
+    return lines
 
 
 def _transfer(config: dict, metrics: dict, transfer_map: list[dict]) -> list[str]:
@@ -125,6 +132,7 @@ def _confusion(data: dict, metrics: dict) -> list[str]:
 
 
 def _cost(metrics: dict) -> list[str]:
-    baseline = f", baseline {metrics['baseline_seconds']:.1f} s" if "baseline_seconds" in metrics else ""
+    baseline = "".join(f", {label.removeprefix('no-transfer ')} {metrics[prefix + '_seconds']:.1f} s"
+                       for prefix, label, _ in baselines(metrics) if prefix + "_seconds" in metrics)
     return ["", "## Cost", "", (f"Training {metrics['train_seconds']:.1f} s{baseline}, "
             f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MB.")]

@@ -15,7 +15,10 @@ RANKING_HIDDEN = ("random_control", "examples", "feature_dim", "head_classes", "
 FACT_NAMES = {"score": "score used", "choice": "chosen source", "chosen": "chosen source",
               "kendall_tau": "Kendall τ (score vs short-run val accuracy)", "kendall_p": "Kendall p-value",
               "kendall_note": "τ computed on", "seconds": "selection seconds", "candidates": "candidates",
-              "top_k": "short-listed for short fine-tunes"}
+              "top_k": "short-listed for short fine-tunes", "chosen_strategy": "chosen strategy",
+              "why": "why", "confidence": "confidence", "prune_rule": "pruning rule",
+              "budget_seconds": "budget (seconds)", "strategies": "strategies searched",
+              "scores": "scores used"}
 SHORT_RUN = "short-run val accuracy"
 
 
@@ -27,7 +30,7 @@ def ranking_rows(ranking, selection) -> dict:
     ``--source auto`` selection report); other scalar entries of a dict become facts (chosen
     source, score used, Kendall τ ...), and ``short_run_val_accuracy`` becomes a column.
     """
-    rows, facts, score, short = [], {}, None, {}
+    rows, facts, score, short, rounds = [], {}, None, {}, []
     for item in (ranking, selection):
         if isinstance(item, dict):
             for key, value in item.items():
@@ -35,6 +38,8 @@ def ranking_rows(ranking, selection) -> dict:
                     rows = rows or [dict(r) for r in value if isinstance(r, dict)]
                 elif key == "short_run_val_accuracy" and isinstance(value, dict):
                     short = value
+                elif key == "rounds" and isinstance(value, list):
+                    rounds = round_rows(value)
                 elif isinstance(value, (str, int, float, bool)) or value is None:
                     facts[key] = value
                 elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
@@ -51,7 +56,23 @@ def ranking_rows(ranking, selection) -> dict:
         named = facts.get("score") if isinstance(facts.get("score"), str) else None
         score = named if named in numeric else next((s for s in SCORE_NAMES if s in numeric), None)
         score = score or (numeric[0] if numeric else None)
-    return {"rows": rows, "score": score, "facts": facts}
+    return {"rows": rows, "score": score, "facts": facts, "rounds": rounds}
+
+
+ROUND_COLUMNS = ["round", "source + strategy", "epochs", "val accuracy", "seconds"]
+
+
+def round_rows(rounds: list) -> list[list[str]]:
+    """The short fine-tunes of ``--strategy auto`` / ``--source auto``, one row per run (``ROUND_COLUMNS``)."""
+    rows = []
+    for r in rounds:
+        if not isinstance(r, dict):
+            continue
+        for res in r.get("results") or []:
+            if isinstance(res, dict):
+                rows.append([cell(r.get("round")), f"{res.get('source')} + {res.get('strategy')}",
+                             cell(r.get("epochs")), cell(res.get("val_accuracy")), cell(res.get("seconds"))])
+    return rows
 
 
 def ranking_columns(rows: list[dict]) -> list[str]:

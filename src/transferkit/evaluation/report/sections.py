@@ -13,7 +13,7 @@ import struct
 from transferkit.evaluation import plots
 
 from .cells import esc, is_number, num
-from .context import reproduce_command, transfer_gain, verdict, verdict_kind
+from .context import baselines, reproduce_command, transfer_gain, verdict, verdict_kind
 from .facts import (
     class_count_table,
     group_rows,
@@ -25,7 +25,7 @@ from .facts import (
     task_rows,
     transfer_summary,
 )
-from .ranking import ranking_table
+from .ranking import ROUND_COLUMNS, ranking_table
 
 FLAGS = {"helped": "Transfer helped", "tied": "Tie", "lost": "Transfer lost", "none": "No baseline"}
 ORIGINS = {"source": "copied from the source", "fresh": "freshly initialised",
@@ -93,12 +93,18 @@ def verdict_section(metrics: dict) -> str:
     sentence = verdict(metrics).replace("**Transfer lost**:", "Transfer lost:")
     kpis = "".join(f'<div class="kpi"><div class="k">{esc(k)}</div><div class="v">{v}</div></div>'
                    for k, v in _verdict_tiles(metrics))
-    baseline = (f'<p class="note">Baseline: {esc(metrics["baseline"])}.</p>' if metrics.get("baseline") else
-                '<p class="note">Train the no-transfer baseline (<code>--baseline</code>) to know whether transfer '
-                "was worth it.</p>")
+    trained = baselines(metrics)
+    baseline = ("".join(f'<p class="note">{esc(label[0].upper() + label[1:])}: {esc(text)}.</p>'
+                        for _, label, text in trained) if trained else
+                '<p class="note">Train a no-transfer baseline (<code>--baseline classical</code>, <code>scratch</code> '
+                "or <code>both</code>) to know whether transfer was worth it.</p>")
+    if "scratch_baseline_test_accuracy" in metrics:
+        scratch = metrics["test_accuracy"] - metrics["scratch_baseline_test_accuracy"]
+        baseline += (f'<p class="note">Against the scratch baseline: {scratch * 100:+.1f} points of test '
+                     "accuracy.</p>")
     advice = ""
     if kind == "lost":
-        advice = ('<p class="warn">The model trained from scratch beat the transferred one on held-out data. '
+        advice = ('<p class="warn">The no-transfer baseline beat the transferred model on held-out data. '
                   "Try another source (<code>transferkit rank</code>), fine-tune more layers, or more epochs; "
                   "check the learning curves below for under- or over-fitting.</p>")
     return (f'<p class="headline"><span class="flag">{FLAGS[kind]}</span>{esc(sentence)}</p>'
@@ -170,8 +176,11 @@ def _ranking(metrics: dict, ranking: dict) -> str:
     chart = figure(plots.ranking(ranking["rows"], ranking["score"], chosen) if ranking["score"] else None,
                    f"Candidate sources by {ranking['score']} (higher = better predicted transfer; "
                    "green = chosen, grey = random-init controls)")
+    rounds = ("<h3>Short fine-tunes (successive halving on validation)</h3>"
+              + table(ROUND_COLUMNS, [list(map(esc, r)) for r in ranking["rounds"]], {2, 3, 4})
+              if ranking.get("rounds") else "")
     return ("<h3>Why this source: ranking of the candidates</h3>" + (f"<ul>{facts}</ul>" if facts else "")
-            + rows + chart)
+            + rows + chart + rounds)
 
 
 def transfer_section(metrics: dict, transfer_map: list[dict], history: list[dict], fit: dict | None = None) -> str:
@@ -264,8 +273,9 @@ def wise_ft_section(metrics: dict) -> str:
 
 def cost_section(metrics: dict) -> str:
     rows = [("transfer training (wall time)", f"{metrics.get('train_seconds', 0):.1f} s")]
-    if "baseline_seconds" in metrics:
-        rows.append(("no-transfer baseline (wall time)", f"{metrics['baseline_seconds']:.1f} s"))
+    for prefix, label, _ in baselines(metrics):
+        if f"{prefix}_seconds" in metrics:
+            rows.append((f"{label} (wall time)", f"{metrics[prefix + '_seconds']:.1f} s"))
     if "peak_memory_mb" in metrics:
         rows.append(("peak memory (process RSS)", f"{metrics['peak_memory_mb']:,.0f} MB"))
     if "peak_gpu_memory_mb" in metrics:
