@@ -126,9 +126,8 @@ Rejected while choosing: Debian ``crawl-tiles-data`` (CC0 tiles, but
 only sprite sheets without per-tile labels), ``kdeedu-kvtml-data`` (no pictures), gcompris'
 ``lang/words_sample`` (Art4Apps pictures again), ``paintings``/``details`` (puzzle fragments),
 ``asterisk-prompt-es-co`` / ``-fr-armelle`` (raw GSM, which libsndfile does not read), vader's
-``movieReviewSnippets`` (the rotten_tomatoes snippets again). Reserved for independent evaluation
-and never used here: Debian ``tuxpaint-stamps*``, ``klettres-data``, ``fortunes*``, R
-``r-cran-modeldata``, ``r-cran-dslabs``, npm ``emoji-datasource-*``.
+``movieReviewSnippets`` (the rotten_tomatoes snippets again). Data reserved for independent
+evaluation (listed in DEVELOPERS.md) is never used here.
 
     python benchmarks/_selection_targets.py --list
     python benchmarks/_selection_targets.py --build gcompris_photos [--size 16] [--seed 0]
