@@ -36,7 +36,8 @@ LAYERS = [
     ("runs", ["transferkit.runs"]),
     ("training", ["transferkit.training"]),
     ("selection", ["transferkit.selection"]),
-    ("commands", ["transferkit.pipeline", "transferkit.audit", "transferkit.predict", "transferkit.export"]),
+    ("commands", ["transferkit.pipeline", "transferkit.audit", "transferkit.predict", "transferkit.export",
+                  "transferkit.compare"]),
     ("interface", ["transferkit.cli", "transferkit.__main__", "transferkit"]),
 ]
 #: Plugins that sit above the registry they fill, discovered by name on the registry's first read

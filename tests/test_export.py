@@ -1,4 +1,5 @@
-"""Runs leave transferkit: `transferkit export` to transformers, timm, torchvision and ONNX, and `predict`."""
+"""Runs leave transferkit: `transferkit export` to transformers, sentence-transformers, timm, torchvision and ONNX,
+and `predict`."""
 
 from __future__ import annotations
 
@@ -169,12 +170,176 @@ def test_hf_export_refuses_what_it_cannot_reproduce_exactly(first_token_text_run
     config = json.loads((mean_run / "config.json").read_text())
     config["source"]["spec"]["pooling"] = "mean"
     (mean_run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ExportError, match=r"mean-pools the token states.*`--format onnx`"):
+    with pytest.raises(ExportError, match=r"mean-pools the token states.*`--format sentence-transformers`.*"
+                                          r"`--format onnx`.*`--pooling cls`"):
         export_run(mean_run, "hf", tmp_path / "out")
     with pytest.raises(ExportError, match=r"`--format hf` is for text runs; this run is 'image'"):
         export_run(image_run, "hf", tmp_path / "out")
     with pytest.raises(ExportError, match=r"`--format` must be one of .* Did you mean 'onnx'"):
         export_run(image_run, "onxx", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# -- sentence-transformers -------------------------------------------------------------------------------
+
+#: Files that may hold pickles (code that runs on load); an export has none.
+PICKLE_SUFFIXES = {".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"}
+
+PLAIN_SENTENCE_TRANSFORMERS = textwrap.dedent("""
+    import json, re, sys
+    sys.modules["transferkit"] = None  # importing transferkit here fails: plain libraries only
+    try:
+        import transferkit  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("transferkit was importable")
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    request = json.load(open(sys.argv[1]))
+    answer = {}
+    for name, directory in request["exports"].items():
+        model = SentenceTransformer(directory, device="cpu", trust_remote_code=False, local_files_only=True)
+        logits = model.encode(request["texts"], convert_to_tensor=True)
+        got = {"logits": logits.tolist(), "modules": [type(m).__name__ for m in model], "card": {}}
+        # every snippet of the model card, as written, on the same texts
+        card = open(f"{directory}/README.md").read()
+        for i, block in enumerate(re.findall(r"```python\\n(.*?)```", card, re.S)):
+            code = block.replace("path/to/this/directory", directory).replace(
+                '["first text", "second text"]', repr(request["texts"]))
+            scope = {}
+            exec(code, scope)
+            got["card"][str(i)] = scope["proba"].tolist()
+        answer[name] = got
+    json.dump(answer, open(sys.argv[2], "w"))
+""")
+
+
+@pytest.fixture(scope="module")
+def mean_text_runs(text_table, tiny_bert_dir, tmp_path_factory):
+    """The default text flow, ``transferkit fit mail.csv --source minilm``, on a tiny stand-in for minilm.
+
+    The source is the tiny BERT saved as minilm is (sentence-transformers Transformer -> mean Pooling ->
+    Normalize, loaded through ``st:``), so the runs mean-pool. ``default``: every option at its default
+    (linear probe); ``hidden``: LoRA adapters (merged into the encoder by the export) and a Linear-GELU-Linear head.
+    """
+    from sentence_transformers import SentenceTransformer, models
+
+    root = tmp_path_factory.mktemp("mean-exports")
+    st_dir = root / "tiny-minilm"
+    transformer = models.Transformer(str(tiny_bert_dir), max_seq_length=24)
+    pooling = models.Pooling(transformer.auto_model.config.hidden_size, pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(st_dir))
+    runs = {"default": fit_run(text_table, root / "default", f"st:{st_dir}"),
+            "hidden": fit_run(text_table, root / "hidden", f"st:{st_dir}", strategy="lora", lr=1e-2, head_hidden=16)}
+    for run in runs.values():
+        assert json.loads((run / "config.json").read_text())["source"]["spec"]["pooling"] == "mean"
+    return runs
+
+
+def test_sentence_transformers_export_predicts_like_transferkit_predict_without_transferkit(
+        mean_text_runs, first_token_text_run, text_table, tmp_path, capsys):
+    from transferkit import load_run
+    from transferkit.data import load_task_data
+    from transferkit.export.common import run_logits
+    from transferkit.sources.sentence_transformers import refuse_custom_modules
+
+    # the test split, and texts longer than the run's 24-token limit (truncation must match too)
+    texts = [*load_task_data(text_table, seed=0).test.examples, " ".join(["win cash prize"] * 20),
+             " ".join(f"meeting {i} notes" for i in range(15))]
+    table = tmp_path / "texts.csv"
+    with open(table, "w", newline="") as f:
+        csv.writer(f).writerows([["text"], *[[t] for t in texts]])
+    runs = {**mean_text_runs, "cls-hidden": first_token_text_run["hidden"]}
+    exports, expected = {}, {}
+    for name, run in runs.items():
+        rows, _ = predict_cli(run, [table], tmp_path / f"{name}.csv", capsys)
+        assert [r["input"] for r in rows] == texts
+        loaded = load_run(run)
+        classes = loaded.classes["label"]
+        expected[name] = ([r["prediction"] for r in rows],
+                          np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]),
+                          run_logits(loaded, texts).numpy())
+        exports[name] = str(tmp_path / f"st-{name}")
+        run_cli("export", str(run), "--format", "st" if name == "hidden" else "sentence-transformers",
+                "--out", exports[name])
+
+    for name, directory in exports.items():
+        files = [p for p in (tmp_path / f"st-{name}").rglob("*") if p.is_file()]
+        assert not [p for p in files if p.suffix in PICKLE_SUFFIXES], name
+        assert {p.name for p in files if p.suffix == ".safetensors"} == {"model.safetensors"}
+        for path in files:
+            if path.suffix == ".json":
+                assert "auto_map" not in path.read_text(), path
+        modules = json.loads((tmp_path / f"st-{name}" / "modules.json").read_text())
+        assert all(m["type"].startswith("sentence_transformers.models.") for m in modules)
+        refuse_custom_modules(directory, directory)  # transferkit's own check of strangers' folders passes
+        assert json.loads((tmp_path / f"st-{name}" / "labels.json").read_text())["classes"] == ["ham", "spam"]
+
+    request, answer_path = tmp_path / "request.json", tmp_path / "answer.json"
+    request.write_text(json.dumps({"exports": exports, "texts": texts}))
+    script = tmp_path / "plain_sentence_transformers.py"
+    script.write_text(PLAIN_SENTENCE_TRANSFORMERS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-I", str(script), str(request), str(answer_path)], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(answer_path.read_text())
+    assert answer["default"]["modules"] == ["Transformer", "Pooling", "Dense"]
+    for name in ("hidden", "cls-hidden"):
+        assert answer[name]["modules"] == ["Transformer", "Pooling", "Dense", "Dense"], name
+    for name, (labels, proba, logits) in expected.items():
+        got = answer[name]
+        np.testing.assert_allclose(np.array(got["logits"]), logits, atol=1e-5, err_msg=name)
+        assert len(got["card"]) == 2, name  # sentence-transformers, then transformers + safetensors alone
+        for snippet, card_proba in got["card"].items():
+            card_proba = np.array(card_proba)
+            assert [["ham", "spam"][i] for i in card_proba.argmax(1)] == labels, (name, snippet)
+            np.testing.assert_allclose(card_proba, proba, atol=1e-5, err_msg=f"{name}, card snippet {snippet}")
+    card = (tmp_path / "st-default" / "README.md").read_text()
+    for part in ("library_name: sentence-transformers", "## Results", "## Limits", "SentenceTransformer(",
+                 "Pooling (mean)", "AutoModel.from_pretrained"):
+        assert part in card, part
+
+
+@pytest.mark.slow
+def test_default_minilm_run_exports_to_sentence_transformers(text_table, tmp_path, capsys):
+    """The issue's flow, with the real packaged minilm: `fit --source minilm`, `export`, load without transferkit."""
+    run, out = tmp_path / "mail", tmp_path / "exported"
+    run_cli("fit", str(text_table), "--source", "minilm", "--baseline", "none", "--out", str(run))
+    texts = ["win cash prize now", "team meeting notes for the project report", "free offer click"]
+    table = tmp_path / "texts.csv"
+    table.write_text("text\n" + "\n".join(texts) + "\n")
+    rows, _ = predict_cli(run, [table], tmp_path / "p.csv", capsys)
+    run_cli("export", str(run), "--format", "sentence-transformers", "--out", str(out))
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["transferkit"] = None
+        from sentence_transformers import SentenceTransformer
+        model = SentenceTransformer({str(out)!r}, device="cpu", trust_remote_code=False, local_files_only=True)
+        print(json.dumps(model.encode({texts!r}, convert_to_tensor=True).softmax(-1).tolist()))
+    """)
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    proba = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(proba, [[float(r["p_ham"]), float(r["p_spam"])] for r in rows], atol=1e-5)
+    assert [["ham", "spam"][i] for i in proba.argmax(1)] == [r["prediction"] for r in rows]
+
+
+def test_sentence_transformers_export_refuses_what_it_cannot_reproduce(mean_text_runs, image_run, tmp_path):
+    with pytest.raises(ExportError, match=r"`--format sentence-transformers` is for text runs; this run is 'image'"):
+        export_run(image_run, "st", tmp_path / "out")
+    cut = tmp_path / "cut-run"
+    shutil.copytree(mean_text_runs["default"], cut)
+    config = json.loads((cut / "config.json").read_text())
+    config["fit"]["cut_at"] = "encoder.layer.0"
+    (cut / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"cuts the encoder \(`--cut-at encoder.layer.0`\).*`--format onnx`"):
+        export_run(cut, "sentence-transformers", tmp_path / "out")
+    with pytest.raises(ExportError, match=r"Did you mean 'sentence-transformers'"):
+        export_run(mean_text_runs["default"], "sentence-transformer", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import html as html_module
 import io
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from conftest import FAST, TINY_IMAGE_SOURCE
 from PIL import Image
@@ -18,7 +23,8 @@ from PIL import Image
 from transferkit.evaluation.report import ranking_rows, write_report
 from transferkit.evaluation.report.facts import recipe_rows
 
-SECTIONS = ("verdict", "data", "source", "transfer", "curves", "errors", "cost", "reproduce")
+SECTIONS = ("verdict", "data", "source", "transfer", "curves", "errors", "gain", "examples", "calibration", "cost",
+            "reproduce")
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WINDOW = (1280, 2400)
 
@@ -34,9 +40,13 @@ def image_run(image_folder, tmp_path_factory):
     return out
 
 
-def embedded_pngs(html: str) -> list[Image.Image]:
+def embedded_pngs(html: str, thumbnails: bool = False) -> list[Image.Image]:
+    """The page's plots (``<img src=...>``), or with ``thumbnails`` the worst examples' thumbnails
+    (``<img class="thumb" ...>``)."""
     images = []
-    for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', html):
+    pattern = r'<img class="thumb" src="data:image/png;base64,([^"]+)"' if thumbnails else \
+        r'<img src="data:image/png;base64,([^"]+)"'
+    for data in re.findall(pattern, html):
         image = Image.open(io.BytesIO(base64.b64decode(data)))
         image.load()
         images.append(image)
@@ -67,7 +77,8 @@ def test_fit_writes_a_self_contained_html_report(image_run):
     assert "Transfer" in html and "baseline" in html
     md = (image_run / "report.md").read_text()
     for heading in ("## Data", "## Source and transfer map", "## Schedule", "## Stages", "## Per class (test)",
-                    "## Cost"):
+                    "## Per-class gain over the baseline (test recall)", "## Test examples it gets most wrong",
+                    "## Calibration (test)", "## Cost"):
         assert heading in md
     assert "report.html" in md
     # what ran: a linear probe is a convex fit (no loop schedule to show), at the size given
@@ -92,6 +103,81 @@ def test_the_report_names_both_baselines_and_what_they_chose(image_run):
     assert f"logistic regression on {side}x{side} grey pixels" in html
     cost = md.split("## Cost")[1]
     assert ", baseline " in cost and ", scratch baseline " in cost
+
+
+def test_fit_keeps_the_worst_test_examples_and_the_calibration(image_run):
+    """What the report's new sections read: the highest-loss test examples and the reliability bins."""
+    metrics = json.loads((image_run / "metrics.json").read_text())
+    worst, n_test = metrics["test_top_losses"], metrics["data"]["split_sizes"]["test"]
+    assert len(worst) == min(12, n_test)
+    losses = [w["loss"] for w in worst]
+    assert losses == sorted(losses, reverse=True)
+    classes = metrics["data"]["classes"]
+    for w in worst:
+        assert w["true"] in classes and w["predicted"] in classes and w["correct"] == (w["true"] == w["predicted"])
+        assert w["loss"] == pytest.approx(-math.log(w["p_true"]))
+        assert w["p_predicted"] >= w["p_true"] and Path(w["file"]).is_absolute() and Path(w["file"]).is_file()
+    wrong = sum(sum(row) - row[i] for i, row in enumerate(metrics["test_confusion_matrix"]))
+    assert sum(not w["correct"] for w in worst) == min(wrong, len(worst))  # every mistake ranks above every hit
+    calibration = metrics["test_calibration"]
+    assert calibration["examples"] == n_test and sum(b["count"] for b in calibration["bins"]) == n_test
+    assert calibration["accuracy"] == pytest.approx(metrics["test_accuracy"]) and 0 <= calibration["ece"] <= 1
+    # the recall deltas against each baseline, from the per-class metrics both recorded
+    md = (image_run / "report.md").read_text()
+    gain = md.split("## Per-class gain over the baseline")[1].split("\n## ")[0]
+    for c, m in metrics["test_per_class"].items():
+        base, scratch = metrics["baseline_test_per_class"][c], metrics["scratch_baseline_test_per_class"][c]
+        assert (f"| {c} | {m['support']} | {m['recall']:.3f} | {base['recall']:.3f} | "
+                f"{(m['recall'] - base['recall']) * 100:+.1f} |") in gain
+        assert f"| {scratch['recall']:.3f} | {(m['recall'] - scratch['recall']) * 100:+.1f} |" in gain
+    # thumbnails of the worst images: small PNGs made from the files, one per example
+    html = (image_run / "report.html").read_text()
+    thumbs = embedded_pngs(html, thumbnails=True)
+    assert len(thumbs) == len(worst)
+    assert all(t.format == "PNG" and max(t.size) <= 80 and ink(t) > 0.01 for t in thumbs)
+    section = html.split('id="examples"')[1].split("</section>")[0]
+    origin = Path(metrics["data"]["origin"]).resolve()
+    for w in worst:  # named relative to the data folder
+        assert f'<div class="name">{Path(w["file"]).relative_to(origin).as_posix()}</div>' in section
+    assert len(section) < 100_000  # the thumbnails stay small
+    assert 'id="calibration"' in html and "ECE" in html and "Reliability diagram" in html
+
+
+def test_calibration_bins_and_ece_match_their_definition():
+    from transferkit.evaluation.metrics import calibration, wilson_interval
+
+    proba = np.array([[0.95, 0.05], [0.92, 0.08], [0.62, 0.38], [0.3, 0.7], [0.45, 0.55], [1.0, 0.0]])
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    cal = calibration(labels, proba, bins=10)
+    by_bin = {round(b["low"], 1): b for b in cal["bins"] if b["count"]}
+    assert by_bin[0.9]["count"] == 3 and by_bin[0.9]["accuracy"] == pytest.approx(2 / 3)  # 1.0 lands in the top bin
+    assert by_bin[0.5]["count"] == 1 and by_bin[0.5]["accuracy"] == 0.0
+    expected = sum(b["count"] / 6 * abs(b["accuracy"] - b["confidence"]) for b in by_bin.values())
+    assert cal["ece"] == pytest.approx(expected) and cal["accuracy"] == pytest.approx(4 / 6)
+    perfect = calibration(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert perfect["ece"] == 0.0
+    assert calibration(np.zeros(0, int), np.zeros((0, 2)))["ece"] is None
+    low, high = wilson_interval(0.5, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(1.0, 10)[1] == 1.0 and wilson_interval(1.0, 10)[0] < 0.75
+    assert wilson_interval(0.5, 0) is None
+
+
+def test_top_losses_describe_each_modality():
+    from transferkit.evaluation.examples import SNIPPET, top_losses
+
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    labels = np.array([1, 1, 0])
+    texts = ["short  text\nwith a newline", "x" * 500, "tie"]
+    rows = top_losses(texts, labels, proba, ["a", "b"], "text", k=2)
+    assert [r["index"] for r in rows] == [0, 2]  # loss 2.30, then 0.69 (0.22 left out by k)
+    assert rows[0]["text"] == "short text with a newline" and rows[0]["predicted"] == "a" and not rows[0]["correct"]
+    assert len(top_losses(texts, labels, proba, ["a", "b"], "text")[2]["text"]) == SNIPPET
+    files = top_losses([Path("rel/a.png"), "b.png", "c.png"], labels, proba, ["a", "b"], "image")
+    assert all(Path(r["file"]).is_absolute() for r in files)
+    series = top_losses([np.zeros((2, 50))] * 3, labels, proba, ["a", "b"], "sequence", k=1)
+    assert series[0]["series"] == "2 x 50 values"
+    assert top_losses([], np.zeros(0, int), np.zeros((0, 2)), ["a", "b"], "text") == []
 
 
 def test_schedule_rows_mark_what_transferkit_sized():
@@ -143,6 +229,16 @@ def _fake_run(tmp_path, **metric_overrides):
         "transfer": {"by_origin": {"source": {"tensors": 10, "parameters": 2_000_000},
                                    "fresh": {"tensors": 2, "parameters": 3843}},
                      "trainable_parameters": 2_003_843, "total_parameters": 2_003_843, "frozen_parameters": 0},
+        "test_top_losses": [
+            {"index": 7, "file": "/data/pets/dog/gone.png", "true": "dog", "predicted": "<b>&bird", "p_predicted": 0.9,
+             "p_true": 0.05, "loss": 2.9957, "correct": False},
+            {"index": 2, "file": "/elsewhere/cat|1.png", "true": "cat", "predicted": "cat", "p_predicted": 0.4,
+             "p_true": 0.4, "loss": 0.9163, "correct": True}],
+        "test_calibration": {"bins": [{"low": b / 10, "high": (b + 1) / 10, "count": 6 if b in (4, 9) else 0,
+                                       "confidence": (b + 0.5) / 10 if b in (4, 9) else None,
+                                       "accuracy": (0.25 if b == 4 else 0.75) if b in (4, 9) else None}
+                                      for b in range(10)],
+                             "ece": 0.2, "examples": 12, "confidence": 0.7, "accuracy": 0.5},
         "data": {"modality": "image", "origin": "/data/pets", "classes": ["cat", "dog", "<b>&bird"],
                  "split_sizes": {"train": 30, "val": 6, "test": 12}, "split_given": False,
                  "class_counts": {s: {"cat": n, "dog": n, "<b>&bird": n} for s, n in
@@ -181,6 +277,18 @@ def test_report_flags_lost_transfer_and_shows_every_optional_section(tmp_path):
     md = (run / "report.md").read_text()
     assert "**Transfer lost**" in md and "## Source selection" in md and "## WiSE-FT" in md
     assert "Every task head" in html and "| colour | 0.9000 |" in md
+    # the worst examples: files gone since (no thumbnail, the name alone), names escaped, pipes too
+    examples = html.split('id="examples"')[1].split("</section>")[0]
+    assert 'class="thumb"' not in examples and "2 image(s) could not be read" in examples
+    assert "dog/gone.png" in examples and "cat|1.png" in examples and "predicted <b>&lt;b&gt;&amp;bird</b>" in examples
+    assert "| 1 | dog/gone.png | dog | <b>&bird | 0.900 | 0.050 | 3.00 |" in md
+    assert "| 2 | cat\\|1.png | cat | cat (right) |" in md
+    assert "Most confused (true → predicted, test examples): dog → cat (2); cat → dog (1);" in md
+    # calibration: the sentence (overconfident by 20 points) and the bins; gain against the scratch baseline
+    assert "ECE) 0.200" in md and "overconfident by 20.0 points" in md
+    assert "| 0.4-0.5 | 6 | 0.450 | 0.250 | -20.0 |" in md
+    assert "## Per-class gain over the baseline" in md and "| cat | 4 | 0.500 | 0.500 | +0.0 | +0.0 |" in md
+    assert 'id="gain"' in html and 'id="calibration"' in html
 
 
 def test_report_without_baseline_or_history(tmp_path):
@@ -195,6 +303,39 @@ def test_report_without_baseline_or_history(tmp_path):
     html = (run / "report.html").read_text()
     assert 'class="verdict none"' in html and "No baseline" in html and 'id="wiseft"' not in html
     assert "Chosen by the user" in html
+    assert 'id="gain"' not in html and "## Per-class gain" not in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("modality", ["text", "audio"])
+def test_worst_text_and_audio_examples_are_a_table(tmp_path, modality):
+    run = _fake_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["data"]["modality"] = modality
+    what = {"text": "refund <now> | or else"} if modality == "text" else {"file": "/data/pets/dog/bark.wav"}
+    metrics["test_top_losses"] = [{"index": 3, **what, "true": "dog", "predicted": "cat", "p_predicted": 0.7,
+                                   "p_true": 0.2, "loss": 1.6094, "correct": False}]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    write_report(run)
+    html, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    examples = html.split('id="examples"')[1].split("</section>")[0]
+    assert 'class="case' not in examples and "<th>p(predicted)</th>" in examples.replace(' class="n"', "")
+    if modality == "text":
+        assert "refund &lt;now&gt; | or else" in examples and "| 1 | refund <now> \\| or else | dog | cat |" in md
+    else:
+        assert "<code>dog/bark.wav</code>" in examples
+        assert "| 1 | dog/bark.wav | dog | cat | 0.700 | 0.200 | 1.61 |" in md
+
+
+def test_report_of_a_run_from_before_the_worst_examples(tmp_path):
+    """Runs written before ``test_top_losses`` and ``test_calibration`` existed: no such sections, no errors."""
+    run = _fake_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["test_top_losses"], metrics["test_calibration"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    write_report(run)
+    html, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    assert 'id="examples"' not in html and 'id="calibration"' not in html and 'id="gain"' in html
+    assert "## Test examples" not in md and "## Calibration" not in md
 
 
 def test_ranking_rows_accept_rank_output_and_selection_reports():
@@ -217,12 +358,24 @@ PROBE = """<script>
 window.addEventListener("load", function () {
   var found = Array.prototype.map.call(document.images, function (im) {
     var r = im.getBoundingClientRect();
-    return {natural: [im.naturalWidth, im.naturalHeight], complete: im.complete,
+    return {natural: [im.naturalWidth, im.naturalHeight], complete: im.complete, thumb: im.className == "thumb",
             box: [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]};
+  });
+  var sections = {}, overflow = [];
+  Array.prototype.forEach.call(document.querySelectorAll("main section"), function (s) {
+    var box = s.getBoundingClientRect();
+    sections[s.id] = [box.left, box.width, box.height];
+    Array.prototype.forEach.call(s.querySelectorAll("*"), function (e) {
+      var r = e.getBoundingClientRect();
+      if (r.width > 0 && (r.right > box.right + 0.5 || r.left < box.left - 0.5)) {
+        overflow.push(s.id + " " + e.tagName + " " + Math.round(r.left) + "-" + Math.round(r.right));
+      }
+    });
   });
   var pre = document.createElement("pre");
   pre.id = "tk-image-check";
-  pre.textContent = JSON.stringify(found);
+  pre.textContent = JSON.stringify({images: found, sections: sections, overflow: overflow,
+                                    page: document.documentElement.scrollWidth});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -245,10 +398,20 @@ def run_chromium(binary: str, profile, *args: str) -> subprocess.CompletedProces
 
 
 def test_report_renders_in_headless_chromium(image_run, tmp_path):
+    found = check_page_in_chromium(image_run / "report.html", tmp_path, SECTIONS)
+    thumbs = [p for p in found["images"] if p["thumb"]]
+    assert len(thumbs) == len(json.loads((image_run / "metrics.json").read_text())["test_top_losses"])
+    assert all(w <= 96 for _, _, w, _ in (t["box"] for t in thumbs))  # drawn in their 96 px box
+
+
+def check_page_in_chromium(page, tmp_path, sections, min_images: int = 5) -> dict:
+    """Renders ``page`` in headless Chromium (skips without one): a screenshot with ink, each image
+    decoded and inside the ~1000 px column, every section of ``sections`` laid out, and no element
+    wider than its section. Returns what the probe found."""
     binary = chromium_binary()
     if binary is None:
         pytest.skip("no Chromium binary (Debian: `apt-get install -y chromium`); the browser check needs one")
-    report = image_run / "report.html"
+    report = page
     shot = tmp_path / "report.png"
     result = run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", report.as_uri())
     assert shot.is_file(), result.stderr[-2000:]
@@ -264,8 +427,14 @@ def test_report_renders_in_headless_chromium(image_run, tmp_path):
     dom = run_chromium(binary, tmp_path / "profile-dom", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
     found = re.search(r'<pre id="tk-image-check">([^<]*)</pre>', dom.stdout)
     assert found, dom.stderr[-2000:]
-    plots = json.loads(found.group(1).replace("&quot;", '"'))
-    assert len(plots) >= 5
+    probe = json.loads(html_module.unescape(found.group(1)))
+    assert not probe["overflow"], probe["overflow"][:10]  # nothing sticks out of its section
+    assert probe["page"] <= WINDOW[0]  # no horizontal scrolling
+    for section in sections:
+        assert section in probe["sections"] and probe["sections"][section][2] > 40, section
+        assert probe["sections"][section][1] <= 1000, section
+    plots = probe["images"]
+    assert len(plots) >= min_images
     visible = 0
     for plot in plots:
         assert plot["complete"] and plot["natural"][0] > 0 and plot["natural"][1] > 0, plot
@@ -276,6 +445,7 @@ def test_report_renders_in_headless_chromium(image_run, tmp_path):
             assert ink(region) > 0.02, plot
             visible += 1
     assert visible >= 2
+    return probe
 
 
 # -- experiment tracking (Accelerate's trackers) ---------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 from transferkit.config import FitConfig
 from transferkit.data import TaskData, load_task_data
 from transferkit.engine import is_main_process
+from transferkit.engine.progress import Stage
 from transferkit.errors import ConfigError
 from transferkit.outdir import CHECKPOINTS, OutputDir
 from transferkit.runs import data_options
@@ -57,21 +58,21 @@ def audit(data: str | Path | TaskData, candidates: Sequence[str], strategies: Se
         task = data if isinstance(data, TaskData) else load_task_data(data, **data_options(FitConfig.from_dict(base)))
         log = outdir.path / CHECKPOINTS / "cells.jsonl" if outdir is not None else None
         cells = _done_cells(log)
-        for source in candidates:
-            for strategy in strategies:
-                for seed in range(seeds):
-                    if any((c["source"], c["strategy"], c["seed"]) == (source, strategy, seed) for c in cells):
-                        continue
-                    if verbose:
-                        print(f"audit: {source} + {strategy}, seed {seed}")
-                    started = time.perf_counter()
-                    run = fit(task, source=source, strategy=strategy, config=FitConfig.from_dict(base | {"seed": seed}),
-                              verbose=False)
-                    val = run.metrics["stages"][-1].get("best_val_accuracy") if run.metrics["stages"] else None
-                    cells.append({"source": source, "strategy": strategy, "seed": seed,
-                                  "test_accuracy": run.metrics["test_accuracy"], "val_accuracy": val,
-                                  "seconds": time.perf_counter() - started})
-                    _append(log, cells[-1])
+        todo = [(source, strategy, seed) for source in candidates for strategy in strategies for seed in range(seeds)
+                if not any((c["source"], c["strategy"], c["seed"]) == (source, strategy, seed) for c in cells)]
+        with Stage("audit", len(todo), "runs", enabled=verbose and is_main_process()) as shown:
+            for source, strategy, seed in todo:
+                if verbose:
+                    print(f"audit: {source} + {strategy}, seed {seed}")
+                started = time.perf_counter()
+                run = fit(task, source=source, strategy=strategy, config=FitConfig.from_dict(base | {"seed": seed}),
+                          verbose=False)
+                val = run.metrics["stages"][-1].get("best_val_accuracy") if run.metrics["stages"] else None
+                cells.append({"source": source, "strategy": strategy, "seed": seed,
+                              "test_accuracy": run.metrics["test_accuracy"], "val_accuracy": val,
+                              "seconds": time.perf_counter() - started})
+                _append(log, cells[-1])
+                shown.advance()
         result = {"cells": cells, "pairs": summarise(cells), "seeds": seeds, "data": task.summary()}
         if outdir is not None and is_main_process():
             outdir.publish(lambda folder: _write(folder, result))

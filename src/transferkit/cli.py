@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import inspect
+import io
 import sys
 import types
 import typing
@@ -31,14 +32,20 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 Opt = typer.Option
 
 
-def fit(data: Path, source: str, out: Path, config: Path | None, quiet: bool, **options) -> None:
+def fit(ctx: typer.Context, data: Path, source: str, out: Path, config: Path | None, quiet: bool, **options) -> None:
     """Transfer a source model to your data, train, evaluate on the test split next to a baseline."""
-    _fit_and_show(data, source, out, _given_options(options), config, quiet)
+    given = {k: v for k, v in options.items()  # typer's own click: its ParameterSource, compared by name
+             if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
+    _fit_and_show(data, source, out, _given_options(given), config, quiet)
 
 
 def _fit_parameters() -> list[inspect.Parameter]:
     """``fit``'s CLI parameters: the data, source, output and config arguments, then one flag per
-    ``FitConfig`` option, generated from its declaration (type, help, group; None = not given)."""
+    ``FitConfig`` option, generated from its declaration (type, help, group, default), in the help
+    panels of ``GROUPS``; the common path (data, --source, --strategy, --out) leads its panel.
+
+    Each flag's default is the option's, so ``--help`` shows it; ``fit`` passes on only the flags
+    given on the command line (a default must not override a ``--config`` file's value)."""
     from transferkit.config import GROUPS, FitConfig, flag_name
 
     def param(name: str, annotation, default) -> inspect.Parameter:
@@ -56,8 +63,8 @@ def _fit_parameters() -> list[inspect.Parameter]:
             rich_help_panel="Output")], Path("runs/latest"))),
         ("Output", param("config", Annotated[Optional[Path], Opt(
             help="YAML/JSON file of options; flags override it.", rich_help_panel="Output")], None)),
-        ("Output", param("quiet", Annotated[bool, Opt("--quiet", help="No progress bars.", rich_help_panel="Output")],
-                         False)),
+        ("Output", param("quiet", Annotated[bool, Opt(
+            "--quiet", help="No progress bars or progress lines.", rich_help_panel="Output")], False)),
     ]
     hints, generated = typing.get_type_hints(FitConfig), []
     for f in dataclasses.fields(FitConfig):
@@ -67,13 +74,12 @@ def _fit_parameters() -> list[inspect.Parameter]:
         hint = hints[f.name]
         kind = typing.get_args(hint)[0] if typing.get_origin(hint) in (types.UnionType, typing.Union) else hint
         names = (f"--{flag}/--no-{flag}",) if kind is bool else (f"--{flag}",)
-        default = None if f.default is dataclasses.MISSING else f.default  # lists and dicts: empty
-        shown = False if default is None or default is False else ("true" if default is True else str(default))
-        option = Opt(*names, help=f.metadata["help"], rich_help_panel=group, show_default=shown)
+        default = None if f.default is dataclasses.MISSING else f.default  # lists and dicts: none (repeatable)
+        option = Opt(*names, help=f.metadata["help"], rich_help_panel=group, show_default=default is not None)
         kind = list[str] if typing.get_origin(kind) in (list, dict) else kind
-        generated.append((group, param(f.name, Annotated[Optional[kind], option], None)))
+        generated.append((group, param(f.name, Annotated[Optional[kind], option], default)))
     ordered = sorted(fixed + generated, key=lambda item: GROUPS.index(item[0]))  # stable: fixed ones lead
-    return [p for _, p in ordered]
+    return [param("ctx", typer.Context, inspect.Parameter.empty), *(p for _, p in ordered)]
 
 
 fit.__signature__ = inspect.Signature(_fit_parameters())
@@ -118,30 +124,176 @@ def _fit_and_show(data: Path, source: str, out: Path, options: dict, config: Pat
 
 
 def _show_result(metrics: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from transferkit.evaluation.report import baselines, verdict
 
-    table = Table(title=f"{metrics['source']} · {metrics['strategy']}")
-    table.add_column("")
-    table.add_column("test accuracy", justify="right")
-    table.add_column("test macro-F1", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_row("transfer", f"{metrics['test_accuracy']:.4f}", f"{metrics['test_macro_f1']:.4f}",
-                  f"{metrics['train_seconds']:.1f}")
+    rows = [["transfer", f"{metrics['test_accuracy']:.4f}", f"{metrics['test_macro_f1']:.4f}",
+             f"{metrics['train_seconds']:.1f}"]]
     for prefix, _, _ in baselines(metrics):  # named for what ran: "pixels_logreg baseline", "scratch baseline"
-        table.add_row(f"{metrics.get(prefix, 'no-transfer')} baseline", f"{metrics[prefix + '_test_accuracy']:.4f}",
-                      f"{metrics[prefix + '_test_macro_f1']:.4f}", f"{metrics[prefix + '_seconds']:.1f}")
-    console = Console()
+        rows.append([f"{metrics.get(prefix, 'no-transfer')} baseline", f"{metrics[prefix + '_test_accuracy']:.4f}",
+                     f"{metrics[prefix + '_test_macro_f1']:.4f}", f"{metrics[prefix + '_seconds']:.1f}"])
+    console = _console()
     skipped = metrics.get("data", {}).get("skipped", [])
     if skipped:
         shown = ", ".join(f"{s['file']} ({s['reason']})" for s in skipped[:10])
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-        console.print(f"Skipped {len(skipped)} bad example(s) (--skip-bad): {shown}{more}.", soft_wrap=True)
-    console.print(table)
-    console.print(verdict(metrics).replace("**", ""))
-    console.print(f"Run directory: {out} (report.html, report.md, metrics.json, model.safetensors)")
+        _say(console, f"Skipped {len(skipped)} bad example(s) (--skip-bad): {shown}{more}.")
+    _table(console, f"{metrics['source']} · {metrics['strategy']}",
+           [("", "name"), ("test accuracy", "number"), ("test macro-F1", "number"), ("seconds", "number")], rows)
+    _say(console, verdict(metrics).replace("**", ""))
+    _say(console, f"Run directory: {out} (report.html, report.md, metrics.json, model.safetensors)")
+
+
+# -- what the commands print: readable at 80 columns, plain when the output is not a terminal -----------
+#
+# A table's columns are names (source ids, strategies, row labels: one whole line each), numbers
+# (never split; their header may wrap at spaces) or text (wraps at spaces, a word is never split).
+# When the columns do not fit the console side by side, the table is printed in parts, each
+# repeating the first ``key`` columns, so every row of every part still starts with its whole
+# name. On a terminal a table has rich's box; otherwise (a log file, a pipe) it has no box drawing,
+# no colour and no trailing spaces: columns separated by spaces, the header underlined with dashes.
+# Text wraps at spaces, and a line with a word wider than the console (a long path) is not wrapped.
+
+#: The box of a table printed to a file or a pipe: spaces between columns, dashes under the header.
+_PLAIN_BOX_LINES = "    \n    \n -- \n    \n    \n -- \n    \n    \n"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _say(console, text: str, style: str = "") -> None:
+    """``text`` as given (no markup), wrapped at spaces; a word wider than the console (a long
+    path) leaves the text on one line instead of being split."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    _emit(console, Text(text, style=style), soft_wrap=any(cell_len(word) > console.width for word in text.split()))
+
+
+def _emit(console, renderable, width: int | None = None, soft_wrap: bool = False) -> None:
+    """Prints ``renderable``; not on a terminal, without colour or trailing spaces, at ``width``
+    (default the console's; a file has no width, so more makes longer lines, never a split name)."""
+    if console.is_terminal:
+        console.print(renderable, soft_wrap=soft_wrap)
+        return
+    from rich.console import Console
+
+    file = io.StringIO()
+    Console(file=file, width=max(console.width, width or 0), color_system=None, force_terminal=False,
+            highlight=False).print(renderable, soft_wrap=soft_wrap)
+    console.file.write("".join(line.rstrip() + "\n" for line in file.getvalue().splitlines()))
+    console.file.flush()
+
+
+def _cell_widths(header: str, cells: list[str], kind: str) -> tuple[int, int]:
+    """(narrowest, natural) width of a column: names and numbers never split, text at spaces only."""
+    from rich.cells import cell_len
+
+    def longest_word(text: str) -> int:
+        return max((cell_len(w) for w in text.split()), default=0)
+
+    whole = max((cell_len(c) for c in cells), default=0)
+    natural = max(whole, cell_len(header))
+    if kind == "name":  # one line, header included
+        return natural, natural
+    if kind == "number":  # the header may wrap at its spaces
+        return max(whole, longest_word(header)), natural
+    return max([longest_word(header), *(longest_word(c) for c in cells)]), natural
+
+
+def _table(console, title: str | None, columns: list[tuple[str, str]], rows: list[list[str]], *, key: int = 1,
+           header: bool = True) -> None:
+    """Prints ``rows`` under ``columns`` ((header, "name" | "number" | "text")) as the comment above says.
+
+    ``header=False``: a list without a header or box (``transferkit strategies``)."""
+    from rich.text import Text
+
+    plain = not console.is_terminal
+    if title:
+        _say(console, title, style="bold")
+    bounds = [_cell_widths(h, [r[i] for r in rows], kind) for i, (h, kind) in enumerate(columns)]
+    for n, part in enumerate(_parts(bounds, key, console.width, plain, header)):
+        if n:
+            console.print()
+        overhead = _overhead(len(part), plain, header)
+        room = console.width - overhead
+        widths = _fit_widths([bounds[i] for i in part], room)
+        kinds = [columns[i][1] for i in part]
+        if sum(widths) > room and not plain:  # a name wider than the terminal: it folds, the numbers stay whole
+            widths = _squeeze_names(widths, kinds, sum(widths) - room)
+        table = _rich_table(plain, header)
+        for i, width in zip(part, widths):
+            name, kind = columns[i]
+            table.add_column(name, justify="right" if kind == "number" else "left", width=width,
+                             no_wrap=kind == "name", overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(row[i]) for i in part))
+        _emit(console, table, width=sum(widths) + overhead)
+
+
+def _squeeze_names(widths: list[int], kinds: list[str], excess: int) -> list[int]:
+    """``widths`` less ``excess``, taken from the widest name columns (which then fold)."""
+    widths = list(widths)
+    for _ in range(excess):
+        names = [i for i, kind in enumerate(kinds) if kind == "name" and widths[i] > 1]
+        if not names:
+            break
+        widest = max(names, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def _rich_table(plain: bool, header: bool):
+    from rich import box
+    from rich.table import Table
+
+    if not header:
+        return Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    if plain:
+        return Table(box=box.Box(_PLAIN_BOX_LINES, ascii=True), show_edge=False, pad_edge=False,
+                     header_style="", title_style="")
+    return Table()
+
+
+def _overhead(columns: int, plain: bool, header: bool) -> int:
+    """Characters a table adds to its columns' widths: padding, separators, edges."""
+    if not header:
+        return 2 * (columns - 1)  # two spaces between columns
+    if plain:
+        return 3 * (columns - 1)  # a space of padding, a blank separator, a space of padding
+    return 3 * columns + 1  # a padding space either side of each column, a line between and at both edges
+
+
+def _parts(bounds: list[tuple[int, int]], key: int, width: int, plain: bool, header: bool) -> list[list[int]]:
+    """The columns of each printed part: all at once when they fit at their narrowest, else the
+    first ``key`` columns and as many of the others as fit (at least one), part after part."""
+    every = list(range(len(bounds)))
+    if sum(b[0] for b in bounds) + _overhead(len(bounds), plain, header) <= width or len(bounds) <= key + 1:
+        return [every]
+    parts, current = [], every[:key]
+    for i in every[key:]:
+        trial = [*current, i]
+        if len(current) > key and sum(bounds[j][0] for j in trial) + _overhead(len(trial), plain, header) > width:
+            parts.append(current)
+            current = [*every[:key], i]
+        else:
+            current = trial
+    return [*parts, current]
+
+
+def _fit_widths(bounds: list[tuple[int, int]], room: int) -> list[int]:
+    """Column widths within ``room``: each its natural width when all fit, else at least its
+    narrowest, the room left shared among the columns that can wrap in proportion to what they lack."""
+    if sum(b[1] for b in bounds) <= room:
+        return [b[1] for b in bounds]
+    widths = [b[0] for b in bounds]
+    spare, lacking = room - sum(widths), [b[1] - b[0] for b in bounds]
+    if spare > 0 and sum(lacking):
+        total = sum(lacking)
+        widths = [w + spare * lack // total for w, lack in zip(widths, lacking)]
+    return widths
 
 
 @app.command()
@@ -221,23 +373,18 @@ def soup(
 @app.command()
 def sources() -> None:
     """List the packaged sources and the id schemes for hub and local models."""
-    from rich.console import Console
-    from rich.table import Table
-
     from transferkit.sources import list_sources
 
-    table = Table(title="Packaged sources (offline, real pretrained weights)")
-    table.add_column("id", no_wrap=True)
-    for col in ("modality", "architecture", "features", "weights", "licence"):
-        table.add_column(col, overflow="fold")
-    for s in list_sources():
-        table.add_row(s.name, s.modality, s.architecture, str(s.feature_dim or "-"), s.weights, s.license)
-    console = Console()
-    console.print(table)
-    console.print("Schemes: timm:<name>  torchvision:<name>  hf:<hub id or dir>  st:<id or dir>  "
-                  "file:<model.safetensors> (+ .json naming the architecture)  run:<run dir>  "
-                  "seq:<cnn1d|lstm|gru|transformer>[?channels=N] (built-in, for time series).  "
-                  "Append @random to any id for the same architecture with random weights.")
+    console = _console()
+    _table(console, "Packaged sources (offline, real pretrained weights)",
+           [("id", "name"), ("modality", "name"), ("architecture", "text"), ("features", "number"),
+            ("weights", "text"), ("licence", "text")],
+           [[s.name, s.modality, s.architecture, str(s.feature_dim or "-"), s.weights, s.license]
+            for s in list_sources()])
+    _say(console, "Schemes: timm:<name>  torchvision:<name>  hf:<hub id or dir>  st:<id or dir>  "
+         "file:<model.safetensors> (+ .json naming the architecture)  run:<run dir>  "
+         "seq:<cnn1d|lstm|gru|transformer>[?channels=N] (built-in, for time series).  "
+         "Append @random to any id for the same architecture with random weights.")
 
 
 @app.command()
@@ -245,9 +392,8 @@ def strategies() -> None:
     """List the transfer strategies."""
     from transferkit.strategies import list_strategies
 
-    width = max(len(n) for n, _ in list_strategies())
-    for name, summary in list_strategies():
-        typer.echo(f"{name:<{width}}  {summary}")
+    _table(_console(), None, [("strategy", "name"), ("summary", "text")],
+           [[name, summary] for name, summary in list_strategies()], header=False)
 
 
 @app.command()
@@ -261,7 +407,7 @@ def audit(
     quiet: Annotated[bool, Opt("--quiet", help="Print only the table.")] = False,
 ) -> None:
     """Train every (source, strategy) pair at every seed: the brute-force check of an auto choice."""
-    from transferkit.audit import audit as run_audit, markdown
+    from transferkit.audit import audit as run_audit
     from transferkit.config import FitConfig
     from transferkit.data import detect_modality
     from transferkit.ranking import default_candidates
@@ -272,8 +418,15 @@ def audit(
     shared = FitConfig.from_file(config) if config is not None else None
     result = run_audit(data, ids, [s.strip() for s in strategies.split(",") if s.strip()], seeds=seeds, out=out,
                        config=shared, verbose=not quiet)
-    typer.echo(markdown(result))
-    typer.echo(f"Audit written to {out} (audit.md, audit.json, audit.csv)")
+    console = _console()
+    _table(console, f"Audit: every pair fully trained, {result['seeds']} seed(s)",
+           [("rank", "number"), ("source", "name"), ("strategy", "name"), ("test accuracy", "number"),
+            ("± std", "number"), ("seconds", "number")],
+           [[str(p["rank"]), p["source"], p["strategy"], f"{p['test_accuracy']:.4f}", f"{p['test_std']:.4f}",
+             f"{p['seconds']:.1f}"] for p in result["pairs"]], key=3)
+    total = sum(c["seconds"] for c in result["cells"])
+    _say(console, f"Total training time {total:.0f} s over {len(result['cells'])} runs.")
+    _say(console, f"Audit written to {out} (audit.md, audit.json, audit.csv)")
 
 
 @app.command()
@@ -324,32 +477,28 @@ def rank(
 def _rank_and_show(data: Path, ids: list[str], names: list[str], split_names: list[str], outdir, *, batch_size: int,
                    cache_dir: Path | None, image_size: int | None, use_cache: bool, seed: int, text_column: str,
                    label_column: str, quiet: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from transferkit.data import load_task_data
     from transferkit.ranking import rank_sources, score_names, write_ranking
 
     task = load_task_data(data, text_column=text_column, label_column=label_column, seed=seed)
-    console = Console()
+    console = _console()
     if not quiet:
         n = sum(len(task.splits()[s]) for s in split_names)
-        console.print(f"Ranking {len(ids)} source(s) on {n} {task.modality} examples "
-                      f"({'+'.join(split_names)}) by {', '.join(names)}")
+        _say(console, f"Ranking {len(ids)} source(s) on {n} {task.modality} examples "
+             f"({'+'.join(split_names)}) by {', '.join(names)}")
     rows = rank_sources(task, ids, names, batch_size=batch_size, cache_dir=cache_dir, image_size=image_size,
                         splits=split_names, use_cache=use_cache, seed=seed, verbose=not quiet)
     paths = write_ranking(rows, outdir, title=f"{Path(data).name}: {len(task.classes)} classes")
-    table = Table(title=f"Source ranking by {names[0]} (higher is better)")
-    for col in ("rank", "source", *score_names(rows), "seconds"):
-        table.add_column(col, justify="left" if col == "source" else "right")
-    for row in rows:
-        cells = ["n/a*" if row.get(n) is None else f"{row[n]:.4f}" for n in score_names(rows)]
-        table.add_row(str(row["rank"]), row["source"], *cells, f"{row['seconds']:.1f}")
-    console.print(table)
+    columns = [("rank", "number"), ("source", "name"), *((n, "number") for n in score_names(rows)),
+               ("seconds", "number")]
+    cells = [[str(row["rank"]), row["source"],
+              *("n/a*" if row.get(n) is None else f"{row[n]:.4f}" for n in score_names(rows)),
+              f"{row['seconds']:.1f}"] for row in rows]
+    _table(console, f"Source ranking by {names[0]} (higher is better)", columns, cells, key=2)
     for row in rows:
         for note in row["notes"]:
-            console.print(f"* {row['source']}: {note}")
-    console.print(f"Wrote {paths['json']}, {paths['markdown'].name} and {paths['png'].name}")
+            _say(console, f"* {row['source']}: {note}")
+    _say(console, f"Wrote {paths['json']}, {paths['markdown'].name} and {paths['png'].name}")
 
 
 @app.command()
@@ -357,20 +506,19 @@ def scorers() -> None:
     """List the transferability scorers (for `transferkit rank --scores`)."""
     from transferkit.scoring import list_scorers
 
-    items = list_scorers()
-    width = max(len(n) for n, _, _ in items)
-    for name, summary, kind in items:
-        needs = "  [needs a source head]" if kind == "probabilities" else ""
-        typer.echo(f"{name:<{width}}  {summary}{needs}")
+    rows = [[name, summary + ("  [needs a source head]" if kind == "probabilities" else "")]
+            for name, summary, kind in list_scorers()]
+    _table(_console(), None, [("scorer", "name"), ("summary", "text")], rows, header=False)
 
 
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory written by `transferkit fit`.")],
-    fmt: Annotated[str, Opt("--format", help="hf (text runs), torchvision or timm (image runs), or onnx.")],
+    fmt: Annotated[str, Opt("--format", help="sentence-transformers or st (text runs), hf (text runs "
+                                             "with cls pooling), torchvision or timm (image runs), or onnx.")],
     out: Annotated[Path, Opt(help="Directory to write (model, model card README.md, preprocessing.json).")],
 ) -> None:
-    """Export a run for transformers, torchvision, timm or ONNX runtimes, with a model card."""
+    """Export a run for sentence-transformers, transformers, torchvision, timm or ONNX runtimes, with a model card."""
     from transferkit.export import export_run
 
     result = export_run(run, fmt, out)
@@ -381,6 +529,22 @@ def export(
 
 
 #: Errors of the user's file system (full disk, read-only folder, ...): one line, not a traceback.
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories written by `transferkit fit` (two or more).")],
+    out: Annotated[Path, Opt(help="Folder for compare.html and compare.md (a new or empty folder, or an earlier "
+                                  "comparison, which is replaced).")] = Path("runs/compare"),
+) -> None:
+    """Compare runs: metrics with intervals, cost, learning curves, per-class recall, which run to keep."""
+    from transferkit.compare import compare_runs, keep_sentence
+
+    result = compare_runs(runs, out)
+    typer.echo(keep_sentence(result))
+    for note in result["notes"]:
+        typer.echo(f"Note: {note}")
+    typer.echo(f"Comparison of {len(runs)} runs written to {out} (compare.html, compare.md).")
+
+
 _FILE_SYSTEM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                                  errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENOENT, errno.EEXIST,
                                  errno.EMFILE, errno.EFBIG})

@@ -27,8 +27,9 @@ TRACKERS = ("tensorboard", "mlflow")
 BASELINES = ("classical", "scratch", "both", "none")
 #: Names other tools use for our options, for the did-you-mean of unknown keys.
 _SYNONYMS = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs"}
-#: The groups of ``transferkit fit --help``, in order.
-GROUPS = ("Data", "Source", "Strategy", "Training", "Output", "Resume and scale")
+#: The groups of ``transferkit fit --help``, in order: the common path (the data, ``--source``,
+#: ``--strategy``, ``--out``) first, each leading its group; then training, resume and scale.
+GROUPS = ("Data", "Source", "Strategy", "Output", "Training", "Resume and scale")
 
 
 def option(default=None, *, help: str, group: str, low: float | None = None, high: float | None = None,  # noqa: A002
@@ -105,7 +106,8 @@ class FitConfig:
     max_length: int | None = option(None, low=4, high=8192, unit="tokens", group="Source",
                                     help="Token limit for text sources (default: the source's own).")
     pooling: str | None = option(None, choices=("mean", "cls"), group="Source",
-                                 help="Text sources: mean or cls (first-token) pooling; cls exports to plain transformers.")
+                                 help="Text sources: mean or cls (first-token) pooling; cls exports to plain "
+                                      "transformers (default: the source's own).")
     val_fraction: float = option(0.15, low=0.0, high=0.5, open_low=True, open_high=True, group="Data",
                                  help="Validation share when the data has no given splits.")
     test_fraction: float = option(0.2, low=0.0, high=0.5, open_low=True, open_high=True, group="Data",
@@ -115,7 +117,8 @@ class FitConfig:
     freeze: list[str] = option(factory=list, group="Source",
                                help="Layer group or parameter wildcard kept frozen in every stage (repeatable).")
     cut_at: str | None = option(None, group="Source",
-                                help="Cut the shared layers after this layer group (intermediate features).")
+                                help="Cut the shared layers after this layer group (intermediate features; "
+                                     "default: keep every layer).")
     reinit: list[str] = option(factory=list, group="Source",
                                help="Layer group re-initialised instead of transferred (repeatable).")
     augment: bool = option(True, group="Training", help="Light augmentation while fine-tuning (images).")
@@ -146,6 +149,9 @@ class FitConfig:
     text_column: str = option("text", group="Data", help="Text column of a table.")
     label_column: str = option("label", group="Data", help="Label column of a table; 'a,b' trains one head per column.")
     split_column: str = option("split", group="Data", help="Split column of a table (train/val/test).")
+    path_column: str | None = option(None, group="Data",
+                                     help="Column of image or audio files in a table (paths or ids) or a Hugging Face "
+                                          "dataset (default: found from the data).")
     skip_bad: bool = option(False, group="Data", help="Skip unreadable examples (reported) instead of failing.")
     checkpoint_every: int = option(0, low=0, group="Resume and scale",
                                    help="Also checkpoint every N optimiser steps (always at epoch ends).")

@@ -133,6 +133,7 @@ def source_features(
     fingerprint: str | None = None,
     device: torch.device | str | None = None,
     statistics_from: Sequence | None = None,
+    verbose: bool = False,
 ) -> list[SourceFeatures]:
     """Features (and head probabilities) of each source on the same raw examples, cached.
 
@@ -147,6 +148,7 @@ def source_features(
         statistics_from: Examples that estimate the BatchNorm statistics of random-init sources
             (see :func:`estimate_batchnorm_statistics`; default: ``examples``). Only a source
             whose features are not cached pays for the estimate.
+        verbose: Show the progress of the features computed (not those read from the cache).
 
     Returns:
         One :class:`SourceFeatures` per source, in order.
@@ -163,7 +165,8 @@ def source_features(
     pending = [p for p, miss in zip(pending, todo) if miss]
     if pending:
         device = torch.device(device) if device is not None else distributed.device()
-        for p, result in zip(pending, _compute_missing(pending, examples, statistics_from, batch_size, device)):
+        computed = _compute_missing(pending, examples, statistics_from, batch_size, device, verbose)
+        for p, result in zip(pending, computed):
             results[p.index] = result
         distributed.wait_for_everyone()
     return results  # type: ignore[return-value]
@@ -200,13 +203,13 @@ def _look_up(sources: Sequence[SourceModel], n: int, root: Path | None, fingerpr
 
 
 def _compute_missing(pending: list[_Pending], examples: list, statistics_from: list, batch_size: int,
-                     device: torch.device) -> list[SourceFeatures]:
+                     device: torch.device, verbose: bool = False) -> list[SourceFeatures]:
     """Computes the pending sources (every process its shard); the main process writes the cache."""
     for p in pending:
         started = time.perf_counter()
         estimate_batchnorm_statistics(p.src, statistics_from, batch_size, device)
         p.seconds += time.perf_counter() - started
-    computed, seconds = extract_sources([p.src for p in pending], examples, batch_size, device)
+    computed, seconds = extract_sources([p.src for p in pending], examples, batch_size, device, verbose=verbose)
     out = []
     for p, (feats, probs), secs in zip(pending, computed, seconds):
         feats, probs = feats.numpy(), probs.numpy() if probs is not None else None

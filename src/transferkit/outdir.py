@@ -46,6 +46,7 @@ WRITTEN = {
                       "report.html", "report.md", "source"}),
     "ranking": frozenset({"ranking.json", "ranking.md", "ranking.png"}),
     "audit": frozenset({"audit.json", "audit.md", "audit.csv"}),
+    "comparison": frozenset({"compare.html", "compare.md"}),
     "export": frozenset(),  # every export's marker lists its files
 }
 _CHECKPOINT_PREFIXES = ("ckpt-s", ".tmp-ckpt-", ".trash-ckpt-", "corrupt-ckpt-")
@@ -68,7 +69,7 @@ class OutputDir:
 
         Args:
             path: The ``--out`` folder.
-            kind: "run", "ranking", "audit" or "export".
+            kind: "run", "ranking", "audit", "comparison" or "export".
             inputs: Folders the command reads (data, run directories); ``path`` may be none of
                 them and lie inside none of them.
             overwrite: Replace a finished run and discard an unfinished run's checkpoints.

@@ -18,6 +18,7 @@ from transferkit.config import FitConfig
 from transferkit.data import TaskData, load_task_data
 from transferkit.engine import is_main_process
 from transferkit.errors import ConfigError
+from transferkit.evaluation.examples import test_predictions
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.outdir import OutputDir
 from transferkit._io import read_json
@@ -98,7 +99,8 @@ def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: Out
     train_seconds = time.perf_counter() - train_started
     proba = predict_proba(model, src, task.test.examples, task.task_name, batch_size=cfg.batch_size * 2)
     metrics = {"source": src.id, "strategy": cfg.strategy, "seed": cfg.seed, "train_seconds": train_seconds,
-               **prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
+               **prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_"),
+               **test_predictions(task.test.examples, task.test.labels, proba, task.classes, task.modality)}
     if task.extra_classes:  # several heads: the main task above, every task here
         metrics["tasks"] = {
             name: classification_metrics(labels, predict_proba(model, src, task.test.examples, name).argmax(1),
@@ -184,7 +186,8 @@ def _soup(runs: list[str | Path], data: str | Path | TaskData, outdir: OutputDir
     ingredients = {str(r.directory): r.metrics.get("test_accuracy") for r in loaded}
     first.metrics = {**first.metrics, "soup": {"kind": "greedy" if greedy else "uniform", "used": used,
                                                 "ingredient_test_accuracy": ingredients},
-                     **prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_")}
+                     **prefixed(classification_metrics(task.test.labels, proba.argmax(1), task.classes), "test_"),
+                     **test_predictions(task.test.examples, task.test.labels, proba, task.classes, task.modality)}
     if outdir is not None and is_main_process():
         history = read_json(first.directory / "history.json") if (first.directory / "history.json").is_file() else []
         publish_run(first, outdir, history=history)

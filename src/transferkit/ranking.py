@@ -111,7 +111,8 @@ def rank_sources(
         load_seconds.append(time.perf_counter() - started)
 
     parts = [source_features(loaded, task.splits()[name].examples, batch_size=batch_size, cache_dir=cache_dir,
-                             use_cache=use_cache, device=device, statistics_from=task.train.examples)
+                             use_cache=use_cache, device=device, statistics_from=task.train.examples,
+                             verbose=verbose)
              for name in splits]
     labels = np.concatenate([task.splits()[name].labels for name in splits])
     rows = []

@@ -234,6 +234,7 @@ def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: st
 
 def data_options(cfg: FitConfig) -> dict:
     return {"text_column": cfg.text_column, "label_column": cfg.label_column, "split_column": cfg.split_column,
+            "path_column": cfg.path_column,
             "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "seed": cfg.split_seed,
             "skip_bad": cfg.skip_bad}
 

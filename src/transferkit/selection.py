@@ -43,6 +43,7 @@ import torch
 
 from transferkit.config import FitConfig
 from transferkit.data.base import TaskData
+from transferkit.engine.progress import Stage
 from transferkit.errors import ConfigError
 from transferkit.ranking import check_modality, check_source_ids, default_candidates, fmt, load_candidate, scored_row
 
@@ -131,7 +132,11 @@ def _choose(task: TaskData, cfg: FitConfig, source: str, clock: Clock, cache_dir
     say = print if verbose else (lambda *a, **k: None)
     say(f"{clock.stamp()} Evidence for {len(ids)} source(s): features, {len(SELECTION_SCORES)} scores and a "
         "cross-validated probe each ...")
-    rows = [_evidence(sid, task, cfg, cache_dir) for sid in ids]
+    rows = []
+    with Stage("select: evidence", len(ids), "sources", enabled=verbose) as shown:
+        for sid in ids:
+            rows.append(_evidence(sid, task, cfg, cache_dir))
+            shown.advance(status=f"last {sid}")
     for row in rows:
         say(f"  {row['source']}: probe {fmt(row['cv_accuracy'])} out of fold ({row['seconds']:.1f}s)")
     dropped = informative({name: [r[name] for r in rows] for name in SELECTION_SCORES}, task.num_classes)
@@ -157,7 +162,7 @@ def _choose(task: TaskData, cfg: FitConfig, source: str, clock: Clock, cache_dir
         report["plan"] = plan
         if len(pairs) > 1:
             say(f"{clock.stamp()} {_describe_plan(plan)}")
-            rounds = _halving(task, cfg, pairs, plan["fraction"], clock, plan["keep_seconds"], say)
+            rounds = _halving(task, cfg, pairs, plan["fraction"], clock, plan["keep_seconds"], say, verbose)
             if all(p.val_accuracy is None for p in pairs):
                 pairs, note = [], "no fine-tunes: the budget ran out before the first short run"
     report["rounds"] = rounds
@@ -410,7 +415,7 @@ def _describe_plan(plan: dict) -> str:
 
 
 def _halving(task: TaskData, cfg: FitConfig, pairs: list[_Pair], fraction: float, clock: Clock, keep_seconds: float,
-             say) -> list[dict]:
+             say, verbose: bool = False) -> list[dict]:
     """Short fine-tunes of ``pairs``, ETA x the steps each round for the best 1/ETA; sets each
     pair's last ``val_accuracy``, leaves the leader first in ``pairs`` and returns the rounds.
     A pair that would start with less than ``keep_seconds`` (the winner's full run and what
@@ -429,17 +434,21 @@ def _halving(task: TaskData, cfg: FitConfig, pairs: list[_Pair], fraction: float
         say(f"{clock.stamp()} Round {r + 1}: {len(alive)} pair(s) x {epochs} of {cfg.epochs} epochs "
             f"(~{planned:.0f}s)")
         results, late = [], []
-        for pair in alive:
-            if clock.left() < keep_seconds + pair.full_seconds * epochs / cfg.epochs:
-                late.append(pair)
-                continue
-            t0 = time.perf_counter()
-            _, trainer = train_target(task, load_candidate(pair.source, cfg.seed),
-                                      dataclasses.replace(short, strategy=pair.strategy), verbose=False)
-            pair.val_accuracy = float(trainer.stages[-1]["best_val_accuracy"]) if trainer.stages else 0.0
-            results.append({"source": pair.source, "strategy": pair.strategy, "val_accuracy": pair.val_accuracy,
-                            "seconds": time.perf_counter() - t0})
-            say(f"    {pair.source} + {pair.strategy}: val {pair.val_accuracy:.3f} ({results[-1]['seconds']:.0f}s)")
+        with Stage(f"select: round {r + 1}", len(alive), "fine-tunes", enabled=verbose) as shown:
+            for pair in alive:
+                if clock.left() < keep_seconds + pair.full_seconds * epochs / cfg.epochs:
+                    late.append(pair)
+                    shown.update(total=shown.total - 1)
+                    continue
+                t0 = time.perf_counter()
+                _, trainer = train_target(task, load_candidate(pair.source, cfg.seed),
+                                          dataclasses.replace(short, strategy=pair.strategy), verbose=False)
+                pair.val_accuracy = float(trainer.stages[-1]["best_val_accuracy"]) if trainer.stages else 0.0
+                results.append({"source": pair.source, "strategy": pair.strategy, "val_accuracy": pair.val_accuracy,
+                                "seconds": time.perf_counter() - t0})
+                say(f"    {pair.source} + {pair.strategy}: val {pair.val_accuracy:.3f} "
+                    f"({results[-1]['seconds']:.0f}s)")
+                shown.advance()
         trained = sorted((p for p in alive if all(p is not q for q in late)), key=lambda p: (-p.val_accuracy, p.prior))
         alive = trained[:1] if late else trained[:math.ceil(len(alive) / ETA)]
         rounds.append({"round": r + 1, "epochs": epochs, "share": share, "results": results,

@@ -20,6 +20,7 @@ from transferkit.data import TaskData
 from transferkit.errors import ConfigError
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.engine.distributed import num_processes
+from transferkit.engine.progress import labelled
 from transferkit.engine.schedule import resolve_schedule, steps_per_epoch
 from transferkit.features import data_image_size, estimate_batchnorm_statistics
 from transferkit.runs import predict_proba
@@ -234,8 +235,9 @@ def _scratch_baseline(task: TaskData, src: SourceModel, cfg: FitConfig, verbose:
     base_cfg = dataclasses.replace(cfg, strategy="full", lr=cfg.baseline_lr, head_lr=cfg.baseline_lr, freeze=[],
                                    init_mix=0.0, bn_stats="update",  # a network trained from scratch
                                    wise_ft=False, reinit=[], report_to=[], epochs=epochs)
-    model, trainer = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir,
-                                  deadline=None if seconds is None else started + seconds)
+    with labelled("scratch baseline"):  # its bars and lines say what trains
+        model, trainer = train_target(task, scratch, base_cfg, verbose=verbose, checkpoint_dir=checkpoint_dir,
+                                      deadline=None if seconds is None else started + seconds)
     trained = time.perf_counter() - started
     proba = predict_proba(model, scratch, task.test.examples, batch_size=cfg.batch_size * 2)
     loop = [s for s in trainer.stages if "optimizer_steps" in s]

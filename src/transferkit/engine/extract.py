@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from transferkit.engine import distributed
+from transferkit.engine.progress import Stage
 from transferkit.sources.base import SourceModel
 from transferkit.sources.inputs import ExampleDataset, ImageInputs, input_pipeline
 
@@ -31,11 +32,12 @@ DECODE_CHUNK = 512
 
 @torch.inference_mode()
 def extract_features(backbone: nn.Module, dataset: ExampleDataset, batch_size: int = 64,
-                     device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
+                     device: torch.device | str = "cpu", num_workers: int = 0, verbose: bool = False,
+                     name: str = "features") -> torch.Tensor:
     """Features of every example, in order, shape (N, D), float32 on the CPU.
 
     The backbone runs in eval mode (BatchNorm statistics and dropout as at inference) and its
-    previous training mode is restored afterwards.
+    previous training mode is restored afterwards. ``verbose`` shows progress as ``name``.
     """
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=dataset.collate, num_workers=num_workers)
@@ -43,22 +45,28 @@ def extract_features(backbone: nn.Module, dataset: ExampleDataset, batch_size: i
     backbone.eval()
     chunks = []
     try:
-        for inputs, _ in loader:
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            chunks.append(backbone(**inputs).float().cpu())
+        with Stage(name, len(dataset), "examples", enabled=verbose) as shown:
+            for inputs, _ in loader:
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                chunks.append(backbone(**inputs).float().cpu())
+                shown.advance(len(chunks[-1]))
     finally:
         backbone.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
-def extract_sources(sources: Sequence[SourceModel], examples: list, batch_size: int, device: torch.device):
+def extract_sources(sources: Sequence[SourceModel], examples: list, batch_size: int, device: torch.device,
+                    verbose: bool = False):
     """Every source over all ``examples``, this process computing its shard.
 
     Returns ``[(features, probabilities or None)]`` as CPU float32 tensors over all examples (the
     shards gathered in order on every process), and the seconds this process spent per source.
+    ``verbose`` shows the main process's progress.
     """
     start, stop = distributed.shard_bounds(len(examples))
-    computed, seconds = _compute(list(sources), examples[start:stop], batch_size, device)
+    name = f"features {sources[0].id}" if len(sources) == 1 else f"features of {len(sources)} sources"
+    with Stage(name, stop - start, "examples", enabled=verbose and distributed.is_main_process()) as shown:
+        computed, seconds = _compute(list(sources), examples[start:stop], batch_size, device, shown.advance)
     gathered = [(distributed.gather_rows(feats, len(examples)),
                  distributed.gather_rows(probs, len(examples)) if probs is not None else None)
                 for feats, probs in computed]
@@ -66,12 +74,14 @@ def extract_sources(sources: Sequence[SourceModel], examples: list, batch_size: 
 
 
 @torch.inference_mode()
-def _compute(sources: list[SourceModel], examples: list, batch_size: int, device: torch.device):
+def _compute(sources: list[SourceModel], examples: list, batch_size: int, device: torch.device,
+             advance=lambda n: None):
     """Runs every source over ``examples``; each image is decoded once for all of them.
 
     Returns ``[(features, probabilities or None)]`` as CPU float32 tensors, and the seconds
     spent per source (forward passes and any wait for its inputs, plus an equal share of the
-    wait for decoding).
+    wait for decoding). ``advance(n)`` is told of each batch (``n``: its examples over the
+    number of sources), for the progress shown.
     """
     pipelines = [input_pipeline(src, train=False) for src in sources]
     decode = _decode_chunk if all(isinstance(p, ImageInputs) for p in pipelines) else None
@@ -92,7 +102,7 @@ def _compute(sources: list[SourceModel], examples: list, batch_size: int, device
                     seconds[s] += (time.perf_counter() - started) / len(sources)
                 if c + 1 < len(chunks):
                     ahead = _submit(decoder, decode, chunks[c + 1])
-                _forward_chunk(sources, pipelines, decoded, batch_size, device, preparer, outputs, seconds)
+                _forward_chunk(sources, pipelines, decoded, batch_size, device, preparer, outputs, seconds, advance)
     finally:
         for restore in moved:
             restore()
@@ -100,7 +110,8 @@ def _compute(sources: list[SourceModel], examples: list, batch_size: int, device
 
 
 def _forward_chunk(sources: list[SourceModel], pipelines: list, decoded: list, batch_size: int,
-                   device: torch.device, preparer: ThreadPoolExecutor, outputs: list, seconds: list) -> None:
+                   device: torch.device, preparer: ThreadPoolExecutor, outputs: list, seconds: list,
+                   advance) -> None:
     """Every source's batches of one decoded chunk; the next batch's transforms run meanwhile."""
 
     def prepare(job: tuple[int, list]) -> dict[str, torch.Tensor]:
@@ -120,6 +131,7 @@ def _forward_chunk(sources: list[SourceModel], pipelines: list, decoded: list, b
         if src.head is not None:
             outputs[s][1].append(torch.softmax(src.head(feats).float(), dim=-1).cpu())
         seconds[s] += time.perf_counter() - started
+        advance(len(feats) / len(sources))
 
 
 def _stacked(src: SourceModel, feats: list, probs: list) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,6 +33,7 @@ from transferkit.engine.data import EpochSampler, SeededExamples
 from transferkit.engine.extract import extract_features
 from transferkit.engine.launch import make_accelerator
 from transferkit.engine.precision import resolve_precision
+from transferkit.engine.progress import Stage
 from transferkit.engine.probe import fit_linear_head, validation_is_meaningful
 from transferkit.engine.schedule import peak_lr, resolve_schedule
 from transferkit.engine.resume import RunCheckpoints, StageState, run_fingerprint
@@ -224,14 +225,16 @@ class Trainer:
             self.history, self.stages = restored
         run.started = time.perf_counter() - run.elapsed
         st.clock = time.perf_counter()
-        with _progress(self.verbose and self.accelerator.is_main_process) as progress:
-            bar = progress.add_task(stage, total=epochs * len(st.loader),
-                                    completed=run.epoch * len(st.loader) + run.batch, status="")
-            st.show = functools.partial(progress.update, bar)
+        visible = self.verbose and self.accelerator.is_main_process
+        with Stage(stage, epochs * len(st.loader), "batches", enabled=visible,
+                   completed=run.epoch * len(st.loader) + run.batch, deadline=st.deadline) as shown:
+            st.show = shown.update
             while run.epoch < epochs:
                 self._train_epoch(st, run)
                 if self._end_epoch(st, run):
                     break
+            if st.stopped_on_time:
+                shown.update(status=f"{shown.status}, stopped on time")
         self._finish_stage(st, run)
 
     def _prepare_stage(self, model: nn.Module, param_groups: list[dict], index: int, epochs: int, penalty,
@@ -358,6 +361,9 @@ class Trainer:
         if total == st.schedule_steps:
             return
         st.schedule_steps = total
+        batches = len(st.loader)  # the progress bar's total: the batches up to the schedule's new end
+        st.show(total=min(run.epochs * batches, run.epoch * batches + run.batch
+                          + (total - run.optimizer_steps) * self.config.grad_accum))
         warmup = int(self.config.warmup_ratio * total)
         scheduler = st.scheduler
         scheduler.lr_lambdas = [functools.partial(_warmup_cosine, warmup=warmup, total=total)
@@ -425,8 +431,9 @@ class Trainer:
         started = time.perf_counter()
         device = self.accelerator.device
         model.backbone.to(device)
+        visible = self.verbose and self.accelerator.is_main_process
         feats = {name: extract_features(model.backbone, ds, batch_size=self.config.batch_size * 2, device=device,
-                                        num_workers=self.config.num_workers)
+                                        num_workers=self.config.num_workers, verbose=visible, name=f"features {name}")
                  for name, ds in (("train", self.train_eval_set), ("val", self.val_set))}
         if not len(feats["val"]):  # no validation split: an empty (0, features) block, not (0, 0)
             feats["val"] = feats["train"].new_zeros((0, *feats["train"].shape[1:]))
@@ -573,10 +580,3 @@ def _linear_layer(head: nn.Module) -> nn.Linear | None:
 
 def _trainable_ids(model: nn.Module) -> frozenset:
     return frozenset(id(p) for p in model.parameters() if p.requires_grad)
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"), disable=not enabled, transient=False)

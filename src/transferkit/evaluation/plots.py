@@ -262,6 +262,156 @@ def parameters_by_group(transfer_map: list[dict]) -> bytes | None:
     return _png(fig)
 
 
+def reliability(calibration: dict) -> bytes | None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (the diagonal is
+    perfect calibration; the gap to it shaded), beside how many test examples each bin holds."""
+    bins = [b for b in (calibration or {}).get("bins") or [] if b.get("count")]
+    if not bins:
+        return None
+    fig, (ax, hist) = _figure(9.0, 3.4, ncols=2, left=0.65, top=0.35, bottom=0.6, wspace=0.3)
+    width = [b["high"] - b["low"] for b in bins]
+    lows = [b["low"] for b in bins]
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(lows, [b["accuracy"] for b in bins], width, align="edge", color=TRANSFER, edgecolor="white",
+           label="accuracy")
+    gaps = [b["confidence"] - b["accuracy"] for b in bins]
+    ax.bar(lows, [abs(g) for g in gaps], width, bottom=[min(b["accuracy"], b["confidence"]) for b in bins],
+           align="edge", color=LOST, alpha=0.35, edgecolor=LOST, linewidth=0.6, label="gap to confidence")
+    ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color="#222222", s=12, zorder=3,
+               label="bin: (mean confidence, accuracy)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (probability of the predicted class)", fontsize=9)
+    ax.set_ylabel("accuracy", fontsize=9)
+    ece = calibration.get("ece")
+    ax.set_title(f"Reliability (ECE {ece:.3f})" if _is_number(ece) else "Reliability", fontsize=10, loc="left")
+    ax.legend(fontsize=7.5, frameon=False, loc="upper left")
+    hist.bar(lows, [b["count"] for b in bins], width, align="edge", color="#a0cbe8", edgecolor="white")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence", fontsize=9)
+    hist.set_title("Test examples per bin", fontsize=10, loc="left")
+    from matplotlib.ticker import MaxNLocator
+
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return _png(fig)
+
+
+def class_gain(per_class: dict, baselines: dict[str, dict]) -> bytes | None:
+    """Per class, the transfer's test recall minus each baseline's (points; green above 0, red below)."""
+    classes = [c for c in per_class if any(c in b for b in baselines.values())]
+    if not classes or not baselines:
+        return None
+    n, k = len(classes), len(baselines)
+    rotate = n > 8
+    bottom = 0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45
+    fig, (ax,) = _figure(9.0, 2.6 + bottom, left=0.7, top=0.4, bottom=bottom)
+    width = 0.8 / k
+    hatches = ("", "//", "..")
+    for j, (label, base) in enumerate(baselines.items()):
+        deltas = [(per_class[c].get("recall", 0.0) - base.get(c, {}).get("recall", math.nan)) * 100 for c in classes]
+        colors = [ACCENT if d > 0 else LOST if d < 0 else GREY for d in deltas]
+        ax.bar([x + (j - (k - 1) / 2) * width for x in range(n)], [0 if math.isnan(d) else d for d in deltas],
+               width, color=colors, hatch=hatches[j % len(hatches)], edgecolor="white")
+    ax.axhline(0, color="#555555", linewidth=0.8)
+    ax.set_xticks(range(n), [_short(c) for c in classes], rotation=45 if rotate else 0,
+                  ha="right" if rotate else "center")
+    ax.set_ylabel("Δ recall (points)", fontsize=9)
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, -5), max(high, 5))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=ACCENT, label="transfer better"), Patch(facecolor=LOST, label="transfer worse")]
+    if k > 1:
+        handles += [Patch(facecolor="#bbbbbb", edgecolor="white", hatch=hatches[j % len(hatches)], label=f"vs {label}")
+                    for j, label in enumerate(baselines)]
+    ax.legend(handles=handles, fontsize=8, frameon=False, ncols=len(handles), loc="lower right",
+              bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+#: One colour per run on the comparison page (Tableau 10 without the report's red).
+RUN_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac")
+
+
+def accuracy_intervals(rows: list[tuple[str, float, tuple[float, float] | None, bool]]) -> bytes | None:
+    """Test accuracy of each run as a point with its 95% interval; rows are (name, accuracy,
+    interval, kept), the kept run in green."""
+    rows = [r for r in rows if _is_number(r[1])]
+    if not rows:
+        return None
+    names = [_short(name, 34) for name, *_ in rows]
+    left = 0.075 * max(len(n) for n in names) + 0.35
+    fig, (ax,) = _figure(9.0, max(1.5, 0.36 * len(rows) + 0.9), left=left, right=0.4, top=0.2, bottom=0.55)
+    ax.grid(axis="y", visible=False)
+    ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+    for y, (_, accuracy, interval, kept) in enumerate(rows):
+        colour = ACCENT if kept else TRANSFER
+        if interval:
+            ax.plot(interval, [y, y], color=colour, linewidth=2.2, solid_capstyle="butt")
+        ax.scatter([accuracy], [y], color=colour, s=40, zorder=3)
+        ax.annotate(f"{accuracy:.3f}", (accuracy, y), xytext=(0, 6), textcoords="offset points", ha="center",
+                    fontsize=8)
+    ax.set_yticks(range(len(rows)), names)
+    ax.set_ylim(len(rows) - 0.5, -0.7)
+    lows = [r[2][0] if r[2] else r[1] for r in rows]
+    highs = [r[2][1] if r[2] else r[1] for r in rows]
+    pad = max(0.02, (max(highs) - min(lows)) * 0.08)
+    ax.set_xlim(max(0.0, min(lows) - pad), min(1.0, max(highs) + pad) + 0.001)
+    ax.set_xlabel("test accuracy (line: 95% Wilson interval)", fontsize=9)
+    return _png(fig)
+
+
+def overlaid_curves(histories: dict[str, list[dict]]) -> bytes | None:
+    """Validation loss and accuracy per epoch of several runs, one colour each (epochs of all
+    stages in order)."""
+    runs = {name: [r for r in history if "epoch" in r] for name, history in histories.items()}
+    runs = {name: rows for name, rows in runs.items() if rows}
+    if not runs:
+        return None
+    fig, (loss_ax, acc_ax) = _figure(9.0, 3.4, ncols=2, left=0.65, top=0.35, bottom=0.55, wspace=0.22)
+    from matplotlib.ticker import MaxNLocator
+
+    for i, (name, rows) in enumerate(runs.items()):
+        x = list(range(1, len(rows) + 1))
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        marker = "o" if len(rows) <= 30 else None
+        loss_ax.plot(x, [_finite(r.get("val_loss")) for r in rows], color=colour, marker=marker, markersize=3,
+                     label=_short(name, 24))
+        acc_ax.plot(x, [_finite(r.get("val_accuracy")) for r in rows], color=colour, marker=marker, markersize=3,
+                    label=_short(name, 24))
+    loss_ax.set_title("Validation loss", fontsize=10, loc="left")
+    acc_ax.set_title("Validation accuracy", fontsize=10, loc="left")
+    acc_ax.set_ylim(-0.02, 1.02)
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (all stages in order)", fontsize=9)
+    acc_ax.legend(fontsize=8, frameon=False, loc="lower right")
+    if max(len(rows) for rows in runs.values()) == 1:
+        for ax in (loss_ax, acc_ax):
+            ax.set_xlim(0.5, 1.5)
+    return _png(fig)
+
+
+def per_class_runs(classes: list[str], recalls: dict[str, dict[str, float]]) -> bytes | None:
+    """Test recall per class (grouped bars), one colour per run."""
+    if not classes or not recalls:
+        return None
+    n, k = len(classes), len(recalls)
+    rotate = n > 8
+    bottom = 0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45
+    fig, (ax,) = _figure(9.0, 2.6 + bottom, left=0.55, top=0.45, bottom=bottom)
+    width = 0.8 / k
+    for j, (name, recall) in enumerate(recalls.items()):
+        ax.bar([x + (j - (k - 1) / 2) * width for x in range(n)], [_finite(recall.get(c)) for c in classes], width,
+               color=RUN_COLOURS[j % len(RUN_COLOURS)], label=_short(name, 24))
+    ax.set_xticks(range(n), [_short(c) for c in classes], rotation=45 if rotate else 0,
+                  ha="right" if rotate else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test recall", fontsize=9)
+    ax.legend(fontsize=8, frameon=False, ncols=min(k, 4), loc="lower right", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
 def _human_formatter():
     from matplotlib.ticker import FuncFormatter
 

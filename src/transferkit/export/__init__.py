@@ -17,12 +17,16 @@
   * first-token pooling + a hidden-layer GELU head (``--head-hidden N``, N <= hidden size) ->
     ``ElectraForSequenceClassification`` (ELECTRA's encoder is BERT's; its head is
     ``dense -> GELU -> out_proj`` on the first token; the dense layer is zero-padded to the hidden size);
-  * mean pooling (transferkit's default for ``hf:`` sources) has no exact stock equivalent for a
-    BERT encoder and raises ``ExportError`` naming the alternatives (``--format onnx``, or
-    first-token pooling).
+  * mean pooling (transferkit's default for text sources) has no exact stock transformers
+    equivalent for a BERT encoder (see ``st.py``) and raises ``ExportError`` naming the
+    alternatives (``--format sentence-transformers``, ``--format onnx``, or ``--pooling cls``).
 
   Each export reloads what it wrote and checks it against the run (max abs difference of the
   logits, reported in the model card).
+- ``sentence-transformers`` (``st.py``; alias ``st``): text runs, mean or first-token pooling ->
+  a directory ``SentenceTransformer(dir)`` loads with stock modules only (Transformer -> Pooling ->
+  one Dense per head layer; safetensors, no ``trust_remote_code``), whose ``encode`` returns the
+  run's logits. The default text flow (``--source minilm``, mean pooling) exports here exactly.
 - ``torchvision`` / ``timm`` (``image.py``): image runs on a torchvision / timm architecture whose head is one
   Linear layer -> ``model.safetensors`` that ``torchvision.models.get_model(name, num_classes=C)``
   / ``timm.create_model(name, num_classes=C)`` load with ``load_state_dict``.
@@ -37,11 +41,13 @@ exported at all is decided from its config before any model is built (``compat.p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from transferkit._io import write_json
+from transferkit._io import default_mode, write_json
 from transferkit.export.card import model_card
 from transferkit.export.common import (
+    FORMAT_ALIASES,
     FORMATS,
     ExportError,
     ExportResult,
@@ -52,17 +58,20 @@ from transferkit.export.compat import check_compatible
 from transferkit.export.hf import export_hf
 from transferkit.export.image import export_timm, export_torchvision
 from transferkit.export.onnx import export_onnx
+from transferkit.export.st import export_sentence_transformers
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_run", "model_card", "sample_texts"]
 
-_EXPORTERS = {"hf": export_hf, "torchvision": export_torchvision, "timm": export_timm, "onnx": export_onnx}
+_EXPORTERS = {"hf": export_hf, "sentence-transformers": export_sentence_transformers,
+              "torchvision": export_torchvision, "timm": export_timm, "onnx": export_onnx}
 
 
 def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResult:  # noqa: A002 (CLI name)
-    """Exports the run in ``run_dir`` as ``format`` (``hf``, ``torchvision``, ``timm``, ``onnx``) into ``out``."""
+    """Exports the run in ``run_dir`` as ``format`` (one of ``FORMATS``, or an alias such as ``st``) into ``out``."""
     from transferkit.outdir import OutputDir
     from transferkit.runs import load_run, read_run_config
 
+    format = FORMAT_ALIASES.get(format, format)  # noqa: A001
     if format not in FORMATS:
         import difflib
 
@@ -80,7 +89,11 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> ExportResul
             result = _EXPORTERS[format](run, folder)
             write_json(folder / "preprocessing.json", preprocessing(run))
             (folder / "README.md").write_text(model_card(run, result))
-            result.files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            files = [p for p in folder.rglob("*") if p.is_file()
+                     and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+            for path in files:  # safetensors writes 0600 files; an export gets the umask's, as runs do
+                os.chmod(path, default_mode(0o666))
+            result.files = sorted(p.relative_to(folder).as_posix() for p in files)
             results.append(result)
 
         outdir.publish(write)

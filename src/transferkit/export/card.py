@@ -117,6 +117,8 @@ def _use_and_limits(run, data: dict, n_test: int) -> list[str]:
 
 def _usage(run, result: ExportResult) -> str:
     """A Python snippet that loads the export with its own library and classifies an input."""
+    if result.usage:  # the exporter wrote its own
+        return result.usage
     labels = f"classes = {run.classes[run.main_task]!r}\n"
     if result.format == "hf":
         return ("```python\nimport torch\n"

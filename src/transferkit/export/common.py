@@ -9,7 +9,9 @@ import numpy as np
 
 from transferkit.errors import TransferKitError
 
-FORMATS = ("hf", "torchvision", "timm", "onnx")
+FORMATS = ("hf", "sentence-transformers", "torchvision", "timm", "onnx")
+#: Other spellings of a format (``st`` as in the ``st:`` source scheme).
+FORMAT_ALIASES = {"st": "sentence-transformers", "sentence_transformers": "sentence-transformers"}
 
 
 class ExportError(TransferKitError, ValueError):
@@ -28,6 +30,7 @@ class ExportResult:
         max_abs_diff: Largest absolute difference of the logits between the export (reloaded from
             disk) and the run, on sample inputs; None when it could not be measured.
         notes: Anything a user should know (exporter used, mappings applied).
+        usage: The model card's "how to load it" text, when the exporter writes its own (else ``card.py``'s).
     """
 
     format: str
@@ -36,6 +39,7 @@ class ExportResult:
     architecture: str = ""
     max_abs_diff: float | None = None
     notes: list[str] = field(default_factory=list)
+    usage: str = ""
 
     def summary(self) -> str:
         diff = "not measured" if self.max_abs_diff is None else f"{self.max_abs_diff:.2e}"
@@ -60,6 +64,19 @@ def preprocessing(run) -> dict:
         pre["steps"] = [f"tokenise with the exported tokenizer, truncation to {pre.get('max_length')} tokens, "
                         "padding per batch"]
     return {k: v for k, v in pre.items() if v is not None}
+
+
+def run_logits(run, examples: list):
+    """The run's raw logits (not ``Run.predict_proba``'s softmax) for a few examples, in one batch."""
+    import torch
+
+    from transferkit.sources.inputs import ExampleDataset, input_pipeline
+
+    dataset = ExampleDataset(list(examples), None, input_pipeline(run.source, train=False))
+    batch, _ = dataset.collate([dataset[i] for i in range(len(dataset))])
+    run.model.eval()
+    with torch.inference_mode():
+        return run.model(**batch)[run.main_task].float()
 
 
 def sample_texts(tokenizer, n: int = 6) -> list[str]:

@@ -17,10 +17,10 @@ from transferkit._io import read_json, write_json
 from transferkit.export.common import (
     ExportError,
     ExportResult,
+    run_logits,
     sample_texts,
     save_tokenizer,
 )
-from transferkit.sources.inputs import ExampleDataset, input_pipeline
 from transferkit.sources.transformers import HFTextBackbone, quiet_transformers
 
 
@@ -198,13 +198,4 @@ def _check_hf(run, out: Path) -> float:
     model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=False).eval()
     enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     theirs = model(**enc).logits.float()
-    return float((theirs - _run_logits(run, texts)).abs().max())
-
-
-@torch.inference_mode()
-def _run_logits(run, examples: list) -> torch.Tensor:
-    """The run's raw logits (not ``Run.predict_proba``'s softmax) for a few examples, in one batch."""
-    dataset = ExampleDataset(list(examples), None, input_pipeline(run.source, train=False))
-    batch, _ = dataset.collate([dataset[i] for i in range(len(dataset))])
-    run.model.eval()
-    return run.model(**batch)[run.main_task].float()
+    return float((theirs - run_logits(run, texts)).abs().max())

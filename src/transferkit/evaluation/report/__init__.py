@@ -6,7 +6,11 @@ with ``write_report(run_dir)``:
 - ``config.json``, ``metrics.json`` (required);
 - ``history.json`` (per-epoch rows), ``transfer_map.json`` (one row per tensor) and
   ``ranking.json`` (one row per candidate source, from ``transferkit rank``) when present;
-  ``metrics["selection"]`` (``--source auto``) and ``metrics["wise_ft_curve"]`` when present.
+  ``metrics["selection"]`` (``--source auto``) and ``metrics["wise_ft_curve"]`` when present;
+- ``metrics["test_top_losses"]`` and ``metrics["test_calibration"]`` (``evaluation/examples.py``),
+  the per-class metrics of the baselines (the per-class gain) when present. The thumbnails of the
+  worst test images are read from the files those rows name when the report is written
+  (``thumbnails.py``): a report rebuilt after the data moved shows their names alone.
 
 ``report.html`` embeds its plots as PNG data URIs and its CSS (``report.css``) inline: no scripts,
 no external assets, so it opens offline and can be mailed as one file. Plotting (matplotlib)
@@ -14,8 +18,8 @@ happens only inside ``write_report``; importing this package stays light for the
 
 The pieces, bottom to top: ``cells`` (one value as a table cell), ``ranking`` (candidate sources,
 normalised), ``context`` (what is read from the run directory; the verdict; the reproduce line),
-``facts`` (what both reports show, derived once), ``markdown``, ``sections`` (the HTML sections)
-and ``html`` (the page).
+``facts`` (what both reports show, derived once), ``markdown``, ``thumbnails``, ``sections`` (the
+HTML sections) and ``html`` (the page; ``page`` lays out ``transferkit compare``'s too).
 """
 
 from __future__ import annotations

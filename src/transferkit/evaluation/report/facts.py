@@ -10,6 +10,7 @@ import math
 from typing import NamedTuple
 
 from .cells import count, is_number, num
+from .context import baselines
 
 #: The headline numbers: (label, metric, the baseline's metric, decimals).
 HEADLINE = (("test accuracy", "test_accuracy", "baseline_test_accuracy", 4),
@@ -152,3 +153,122 @@ def per_class_rows(metrics: dict) -> list[list[str]]:
     """Per class on the test split, as cells: class, precision, recall, F1, support."""
     return [[str(c), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
             for c, m in metrics.get("test_per_class", {}).items()]
+
+
+def gain_baselines(metrics: dict) -> list[tuple[str, str, dict]]:
+    """(short label, label, per-class test metrics) of each baseline that recorded them, the main one first."""
+    return [(label.removeprefix("no-transfer "), label, metrics[f"{prefix}_test_per_class"])
+            for prefix, label, _ in baselines(metrics) if isinstance(metrics.get(f"{prefix}_test_per_class"), dict)]
+
+
+def points(delta: float | None) -> str:
+    """A difference of two shares in points, signed (``+12.5``), or ``-``."""
+    return f"{delta * 100:+.1f}" if is_number(delta) else "-"
+
+
+def class_gain_rows(metrics: dict) -> tuple[list[str], list[list[str]], list[float | None]]:
+    """Per class: the transfer's test recall (accuracy on that class) and F1 against each baseline's.
+
+    Returns the column names, the rows of cells (class, support, recall, then per baseline its
+    recall, Δ recall and Δ F1 in points) and the Δ recall against the main baseline per row, for
+    marking gains and losses. No rows without a baseline's per-class metrics."""
+    ours, found = metrics.get("test_per_class") or {}, gain_baselines(metrics)
+    if not ours or not found:
+        return [], [], []
+    columns = ["class", "support", "recall"]
+    for short, _, _ in found:
+        columns += [f"{short} recall", f"Δ recall vs {short}", f"Δ F1 vs {short}"]
+    rows, main = [], []
+    for c, m in ours.items():
+        row = [str(c), str(m.get("support", "-")), num(m.get("recall"), 3)]
+        for j, (_, _, theirs) in enumerate(found):
+            t = theirs.get(c, {})
+            recall, f1 = (m[k] - t[k] if is_number(m.get(k)) and is_number(t.get(k)) else None for k in ("recall", "f1"))
+            row += [num(t.get("recall"), 3), points(recall), points(f1)]
+            if j == 0:
+                main.append(recall)
+        rows.append(row)
+    return columns, rows, main
+
+
+def gain_summary(metrics: dict) -> str:
+    """One sentence: on how many classes the transfer's recall beat, tied or lost to the main baseline."""
+    _, rows, deltas = class_gain_rows(metrics)
+    known = [d for d in deltas if d is not None]
+    if not known:
+        return ""
+    short = gain_baselines(metrics)[0][0]
+    named = f" ({metrics['baseline']})" if isinstance(metrics.get("baseline"), str) else ""
+    better, worse = sum(d > 1e-12 for d in known), sum(d < -1e-12 for d in known)
+    text = (f"Against the {short}{named}, transfer's test recall is higher on {better} of {len(known)} classes, "
+            f"lower on {worse}, equal on {len(known) - better - worse}.")
+    if worse:
+        delta, name = min((d, r[0]) for d, r in zip(deltas, rows) if d is not None)
+        text += f" Largest loss: {name} ({points(delta)} points)."
+    return text
+
+
+def example_name(row: dict, origin: str = "") -> str:
+    """A worst example as text: its file (relative to the data folder when inside it), its text
+    snippet, its series' shape, or its position in the test split."""
+    from pathlib import Path
+
+    if row.get("file"):
+        path = Path(str(row["file"]))
+        for base in (Path(origin), Path(origin).resolve()) if origin else ():
+            try:
+                return path.relative_to(base).as_posix()
+            except ValueError:
+                continue
+        return path.name
+    if row.get("text") is not None:
+        return str(row["text"])
+    if row.get("series"):
+        return f"series {row['series']}"
+    return f"test example #{row.get('index', '?')}"
+
+
+def top_loss_rows(metrics: dict) -> list[list[str]]:
+    """The worst test examples as cells: rank, example, true, predicted, p(predicted), p(true), loss."""
+    origin = str(metrics.get("data", {}).get("origin", "") or "")
+    return [[str(i), example_name(r, origin), str(r.get("true")), str(r.get("predicted")) + ("" if not r.get("correct")
+             else " (right)"), num(r.get("p_predicted"), 3), num(r.get("p_true"), 3), num(r.get("loss"), 2)]
+            for i, r in enumerate(metrics.get("test_top_losses") or [], 1) if isinstance(r, dict)]
+
+
+def most_confused(classes: list[str], matrix: list[list[int]], k: int = 5) -> list[tuple[str, str, int]]:
+    """The ``k`` largest off-diagonal cells of the confusion matrix: (true, predicted, count), as
+    fastai's ``most_confused``."""
+    cells = [(count, -i, -j) for i, row in enumerate(matrix or []) for j, count in enumerate(row)
+             if i != j and isinstance(count, int) and count > 0 and i < len(classes) and j < len(classes)]
+    return [(classes[-i], classes[-j], count) for count, i, j in sorted(cells, reverse=True)[:k]]
+
+
+def calibration_summary(metrics: dict) -> str:
+    """One sentence on the test calibration (ECE, mean confidence against accuracy), or ``""``."""
+    cal = metrics.get("test_calibration") or {}
+    if not is_number(cal.get("ece")) or not cal.get("examples"):
+        return ""
+    confidence, accuracy = cal.get("confidence"), cal.get("accuracy")
+    gap = confidence - accuracy if is_number(confidence) and is_number(accuracy) else None
+    how = ("" if gap is None else
+           f": mean confidence {confidence:.3f} against accuracy {accuracy:.3f}, "
+           + ("overconfident" if gap > 0.005 else "underconfident" if gap < -0.005 else "well matched")
+           + (f" by {abs(gap) * 100:.1f} points" if abs(gap) > 0.005 else ""))
+    text = (f"Expected calibration error (ECE) {cal['ece']:.3f} over {len(cal.get('bins') or [])} equal-width "
+            f"confidence bins and {cal['examples']} test examples{how}.")
+    if cal["examples"] < 100:
+        text += " With under 100 examples the bins are noisy; read the diagram as a rough picture."
+    return text
+
+
+def calibration_rows(metrics: dict) -> list[list[str]]:
+    """The non-empty reliability bins as cells: confidence range, examples, mean confidence, accuracy, gap."""
+    rows = []
+    for b in (metrics.get("test_calibration") or {}).get("bins") or []:
+        if isinstance(b, dict) and b.get("count"):
+            gap = b["accuracy"] - b["confidence"] if is_number(b.get("accuracy")) and is_number(b.get("confidence")) \
+                else None
+            rows.append([f"{b['low']:.1f}-{b['high']:.1f}", str(b["count"]), num(b.get("confidence"), 3),
+                         num(b.get("accuracy"), 3), points(gap)])
+    return rows

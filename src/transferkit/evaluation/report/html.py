@@ -22,11 +22,23 @@ def html_report(ctx: dict) -> str:
     config, metrics = ctx["config"], ctx["metrics"]
     src, fit, data = config["source"], config["fit"], metrics.get("data", {})
     target = Path(data.get("origin", "")).name or "target"
-    sections = page_sections(ctx)
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
-    body = "\n".join(f'<section id="{sid}" class="{"verdict " + verdict_kind(metrics) if sid == "verdict" else ""}">'
-                     f"<h2>{esc(title)}</h2>\n{content}</section>" for sid, title, content in sections)
     title = f"{src['id']} → {target} · {fit['strategy']}"
+    run_dir = Path(ctx.get("run_dir", ".")).resolve()
+    sub = (f'<div class="sub">{esc(data.get("modality", ""))} · {len(data.get("classes", []))} classes · seed '
+           f'{esc(fit.get("seed"))}\n · run directory <code>{esc(run_dir)}</code></div>')
+    return page(title, f"transferkit {config.get('transferkit_version', '')} run report", sub, page_sections(ctx),
+                {"verdict": "verdict " + verdict_kind(metrics)})
+
+
+def page(title: str, kicker: str, sub: str, sections: list[tuple[str, str, str]],
+         classes: dict[str, str] | None = None) -> str:
+    """A self-contained page in the report's style: a header (``kicker`` above the ``title``, then
+    ``sub``, HTML), a link per section, and the sections ((id, title, HTML) each; ``classes``
+    gives some of them a CSS class). Used by the run report and ``transferkit compare``."""
+    classes = classes or {}
+    nav = " ".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
+    body = "\n".join(f'<section id="{sid}" class="{esc(classes.get(sid, ""))}">'
+                     f"<h2>{esc(name)}</h2>\n{content}</section>" for sid, name, content in sections)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -39,10 +51,9 @@ def html_report(ctx: dict) -> str:
 <body>
 <main>
 <header>
-<div class="sub">transferkit {esc(config.get("transferkit_version", ""))} run report</div>
+<div class="sub">{esc(kicker)}</div>
 <h1>{esc(title)}</h1>
-<div class="sub">{esc(data.get("modality", ""))} · {len(data.get("classes", []))} classes · seed {esc(fit.get("seed"))}
- · run directory <code>{esc(Path(ctx.get("run_dir", ".")).resolve())}</code></div>
+{sub}
 <nav>{nav}</nav>
 </header>
 {body}

@@ -6,13 +6,19 @@ from pathlib import Path
 
 from .context import baselines, verdict
 from .facts import (
+    calibration_rows,
+    calibration_summary,
     class_count_table,
+    class_gain_rows,
+    gain_summary,
     group_rows,
     headline_rows,
+    most_confused,
     per_class_rows,
     recipe_rows,
     stage_rows,
     task_rows,
+    top_loss_rows,
     transfer_summary,
 )
 from .ranking import ROUND_COLUMNS, ranking_table
@@ -25,7 +31,7 @@ def markdown_report(config: dict, metrics: dict, ctx: dict | None = None) -> lis
     return [*_headline(config, metrics), *_data(data), *_selection(ctx.get("ranking") or {"rows": []}),
             *_transfer(config, metrics, ctx.get("transfer_map", [])), *_recipe(metrics), *_stages(metrics, ctx.get("history", [])),
             *_wise_ft(metrics), *_tasks(metrics), *_per_class(metrics), *_confusion(data, metrics),
-            *_cost(metrics)]
+            *_gain(metrics), *_worst_examples(data, metrics), *_calibration(metrics), *_cost(metrics)]
 
 
 def _row(cells: list[str]) -> str:
@@ -48,7 +54,8 @@ def _headline(config: dict, metrics: dict) -> list[str]:
     return [f"# transferkit run: {config['source']['id']} -> {target}", "", verdict(metrics), "",
             *_table(["", "transfer", "no-transfer baseline", *(["scratch baseline"] if both else [])], rows), "",
             *named, "",
-            "Plots (learning curves, confusion matrix, per-class metrics): `report.html` in this directory."]
+            "Plots (learning curves, confusion matrix, per-class metrics, reliability diagram): `report.html` in "
+            "this directory."]
 
 
 def _data(data: dict) -> list[str]:
@@ -129,6 +136,44 @@ def _confusion(data: dict, metrics: dict) -> list[str]:
         return lines
     return lines + [f"| true \\ pred | {' | '.join(classes)} |", "|---" * (len(classes) + 1) + "|",
                     *[f"| {c} | {' | '.join(map(str, row))} |" for c, row in zip(classes, matrix, strict=False)]]
+
+
+def _gain(metrics: dict) -> list[str]:
+    columns, rows, _ = class_gain_rows(metrics)
+    if not rows:
+        return []
+    return ["", "## Per-class gain over the baseline (test recall)", "", gain_summary(metrics), "",
+            *_table(columns, rows), "", "Δ in points: transfer minus baseline (recall is the accuracy on that class)."]
+
+
+def _worst_examples(data: dict, metrics: dict) -> list[str]:
+    rows = top_loss_rows(metrics)
+    if not rows:
+        return []
+    lines = ["", "## Test examples it gets most wrong", "",
+             f"The {len(rows)} test examples with the highest loss (lowest probability of their true class), "
+             "worst first:",
+             "", *_table(["#", "example", "true", "predicted", "p(predicted)", "p(true)", "loss"],
+                         [[_md_text(c) for c in r] for r in rows])]
+    confused = most_confused(data.get("classes", []), metrics.get("test_confusion_matrix", []))
+    if confused:
+        lines += ["", "Most confused (true → predicted, test examples): "
+                  + "; ".join(f"{_md_text(t)} → {_md_text(p)} ({n})" for t, p, n in confused) + "."]
+    return lines
+
+
+def _md_text(text: str) -> str:
+    """Text safe inside a Markdown table cell (pipes escaped, one line)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _calibration(metrics: dict) -> list[str]:
+    summary = calibration_summary(metrics)
+    if not summary:
+        return []
+    return ["", "## Calibration (test)", "", summary, "",
+            *_table(["confidence", "examples", "mean confidence", "accuracy", "accuracy − confidence (points)"],
+                    calibration_rows(metrics))]
 
 
 def _cost(metrics: dict) -> list[str]:

@@ -15,25 +15,37 @@ from transferkit.evaluation import plots
 from .cells import esc, is_number, num
 from .context import baselines, reproduce_command, transfer_gain, verdict, verdict_kind
 from .facts import (
+    calibration_rows,
+    calibration_summary,
     class_count_table,
+    class_gain_rows,
+    example_name,
+    gain_baselines,
+    gain_summary,
     group_rows,
     headline_rows,
+    most_confused,
     per_class_rows,
     recipe_rows,
     stage_learning_rates,
     stage_rows,
     task_rows,
+    top_loss_rows,
     transfer_summary,
 )
 from .ranking import ROUND_COLUMNS, ranking_table
 
 FLAGS = {"helped": "Transfer helped", "tied": "Tie", "lost": "Transfer lost", "none": "No baseline"}
+#: Side of the box a worst-example thumbnail is drawn in on the page, in CSS pixels (small images are
+#: drawn at a whole multiple of their size, with sharp pixels).
+THUMB_BOX = 96
 ORIGINS = {"source": "copied from the source", "fresh": "freshly initialised",
            "random": "random init (no transfer)", "mixed": "source and fresh init mixed"}
 
 
 def page_sections(ctx: dict) -> list[tuple[str, str, str]]:
-    """(id, title, HTML) per section, in page order; WiSE-FT only where the run chose an α."""
+    """(id, title, HTML) per section, in page order; WiSE-FT only where the run chose an α; the
+    per-class gain, worst examples and calibration only where ``metrics.json`` holds what they show."""
     config, metrics, history = ctx["config"], ctx["metrics"], ctx["history"]
     data = metrics.get("data", {})
     sections = [
@@ -44,6 +56,12 @@ def page_sections(ctx: dict) -> list[tuple[str, str, str]]:
         ("curves", "Learning curves", curves_section(metrics, history)),
         ("errors", "Where the model fails (test split)", errors_section(metrics, data)),
     ]
+    if class_gain_rows(metrics)[1]:
+        sections.append(("gain", "Per-class gain over the baseline", gain_section(metrics)))
+    if metrics.get("test_top_losses"):
+        sections.append(("examples", "Test examples it gets most wrong", examples_section(metrics, data)))
+    if calibration_summary(metrics):
+        sections.append(("calibration", "Calibration", calibration_section(metrics)))
     if metrics.get("wise_ft_curve"):
         sections.append(("wiseft", "WiSE-FT α", wise_ft_section(metrics)))
     return sections + [("cost", "Cost", cost_section(metrics)),
@@ -251,6 +269,86 @@ def errors_section(metrics: dict, data: dict) -> str:
     head = ["class", "precision", "recall", "F1", *(["baseline F1"] if base else []), "support"]
     scores = table(head, rows, range(1, len(head))) if rows else ""
     return f'<div class="two">{cm}<div>{scores}</div></div>{bars}{tasks_section(metrics)}'
+
+
+def gain_section(metrics: dict) -> str:
+    columns, rows, _ = class_gain_rows(metrics)
+    found = gain_baselines(metrics)
+    chart = figure(plots.class_gain(metrics.get("test_per_class") or {}, {short: pc for short, _, pc in found}),
+                   "Per class: transfer's test recall minus the baseline's, in points"
+                   + (" (plain bars: " + found[0][0] + "; hatched: " + ", ".join(f[0] for f in found[1:]) + ")"
+                      if len(found) > 1 else ""))
+    cells = []
+    for row in rows:
+        marked = [esc(row[0]), *row[1:]]
+        for i, column in enumerate(columns):
+            if column.startswith("Δ") and row[i] != "-" and abs(float(row[i])) >= 0.05:
+                marked[i] = f'<span class="{"pos" if float(row[i]) > 0 else "neg"}">{row[i]}</span>'
+        cells.append(marked)
+    scores = table(list(map(esc, columns)), cells, range(1, len(columns)))
+    if len(rows) > 15:
+        scores = f"<details><summary>Every class ({len(rows)})</summary>{scores}</details>"
+    return (f"<p>{esc(gain_summary(metrics))}</p>" + chart + scores
+            + '<p class="note">Recall is the accuracy on a class\'s test examples; Δ is transfer minus baseline, '
+              "in points. Few test examples per class make these differences noisy: read the support column.</p>")
+
+
+def examples_section(metrics: dict, data: dict) -> str:
+    """The worst test examples (highest loss), as thumbnails for images and a table otherwise."""
+    worst = [r for r in metrics.get("test_top_losses") or [] if isinstance(r, dict)]
+    origin = str(data.get("origin", "") or "")
+    intro = (f"<p>The {len(worst)} test examples with the highest loss (the lowest probability of their true class), "
+             "worst first, as fastai's plot_top_losses shows them.</p>")
+    if data.get("modality") == "image":
+        thumbs = _thumbnails(worst)
+        cards = "".join(_card(r, example_name(r, origin), thumbs.get(i)) for i, r in enumerate(worst))
+        body = f'<div class="worst">{cards}</div>'
+        if len(thumbs) < len(worst):
+            body += (f'<p class="note">{len(worst) - len(thumbs)} image(s) could not be read when this report was '
+                     "written (moved or deleted data): their names are shown alone.</p>")
+    else:
+        rows = [[r[0], f"<code>{esc(r[1])}</code>" if worst[i].get("file") else esc(r[1]), esc(r[2]), esc(r[3]),
+                 *r[4:]] for i, r in enumerate(top_loss_rows(metrics))]
+        body = table(["#", "example", "true", "predicted", "p(predicted)", "p(true)", "loss"], rows, {0, 4, 5, 6})
+    confused = most_confused(data.get("classes", []), metrics.get("test_confusion_matrix", []))
+    if confused:
+        pairs = "".join(f"<li>{esc(t)} → {esc(p)}: <b>{n}</b></li>" for t, p, n in confused)
+        body += f"<h3>Most confused (true → predicted, test examples)</h3><ul>{pairs}</ul>"
+    return intro + body
+
+
+def _thumbnails(worst: list[dict]) -> dict[int, bytes]:
+    from .thumbnails import thumbnail
+
+    found = {i: thumbnail(str(r["file"])) for i, r in enumerate(worst) if r.get("file")}
+    return {i: png for i, png in found.items() if png}
+
+
+def _card(row: dict, name: str, png: bytes | None) -> str:
+    image = ""
+    if png:
+        width, height = struct.unpack(">II", png[16:24])
+        scale = max(1, THUMB_BOX // max(width, height, 1))  # small images drawn 2x, 3x ... with sharp pixels
+        data = base64.b64encode(png).decode("ascii")
+        pixelated = ' style="image-rendering:pixelated"' if scale > 1 else ""
+        image = (f'<img class="thumb" src="data:image/png;base64,{data}" width="{round(width * scale)}" '
+                 f'height="{round(height * scale)}" alt="{esc(name)}"{pixelated}>')
+    verdict = "right" if row.get("correct") else "wrong"
+    return (f'<div class="case {verdict}">{image}<div class="what">predicted <b>{esc(row.get("predicted"))}</b> '
+            f'{num(row.get("p_predicted"), 2)}<br>true <b>{esc(row.get("true"))}</b> {num(row.get("p_true"), 2)}'
+            f'<br><span class="note">loss {num(row.get("loss"), 2)}</span></div>'
+            f'<div class="name">{esc(name)}</div></div>')
+
+
+def calibration_section(metrics: dict) -> str:
+    rows = calibration_rows(metrics)
+    return (f"<p>{esc(calibration_summary(metrics))}</p>"
+            + figure(plots.reliability(metrics.get("test_calibration") or {}),
+                     "Reliability diagram (test): bars at the diagonal mean the predicted probabilities can be taken "
+                     "at face value; red: the gap between confidence and accuracy")
+            + f"<details><summary>Every bin ({len(rows)} not empty)</summary>"
+            + table(["confidence", "examples", "mean confidence", "accuracy", "accuracy − confidence (points)"],
+                    rows, {1, 2, 3, 4}) + "</details>")
 
 
 def tasks_section(metrics: dict) -> str:
