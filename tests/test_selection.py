@@ -73,7 +73,7 @@ def _plan(task, monkeypatch, budget_seconds, per_example=1e-3):
 
     monkeypatch.setattr(selection, "measure_costs",
                         lambda s, t, c: {"train_step_per_example": per_example, "forward": per_example / 3})
-    cfg = resolve_options(FitConfig(batch_size=16, image_size=32), task)  # the step-sized schedule: 100+ steps
+    cfg = resolve_options(FitConfig(batch_size=16, image_size=32, min_steps=300), task)  # 300+ steps: 2 rounds fit
     alive = [{"source": s, "_modules": ["Conv2d"]} for s in ("a", "b")]
     return selection.plan_pairs(task, cfg, alive, ["lp_ft", "full", "lora"], selection.Clock(budget_seconds))
 
@@ -123,14 +123,20 @@ def test_halving_keeps_the_best_third_and_gives_it_three_times_the_steps(task, m
     assert len(seen) == 6
 
 
-@pytest.mark.parametrize("fine_tune_val, expected", [(0.95, "full"), (0.80, "linear_probe")])
-def test_a_fine_tune_is_chosen_only_above_its_probe(fine_tune_val, expected):
+@pytest.mark.parametrize("fine_tune_val, n_val, expected", [
+    (0.95, 200, "full"), (0.80, 200, "linear_probe"),
+    (0.87, 200, "linear_probe"),  # above the probe, within one standard error (0.036 on 200 examples)
+    (0.95, 20, "linear_probe"),  # 2 examples more out of 20: within the noise (0.113)
+])
+def test_a_fine_tune_is_chosen_only_beyond_the_noise_above_its_probe(fine_tune_val, n_val, expected):
     rows = [{"source": "a", "probe_val_accuracy": 0.85, "pruned": None, "probe_gap": None}]
     pair = selection._Pair("a", "full", 0, 1.0, val_accuracy=fine_tune_val)
     choice = selection._decide(rows, rows[0], [pair, selection._Pair("a", "lp_ft", 1, 1.0, val_accuracy=0.1)],
-                               ["linear_probe", "full", "lp_ft"], None)
+                               ["linear_probe", "full", "lp_ft"], None, n_val)
     assert choice.strategy == expected
-    assert (choice.floor == {"source": "a", "val_accuracy": 0.85}) == (expected == "full")
+    margin = selection.floor_margin(0.85, n_val)
+    assert margin == pytest.approx((2 * 0.85 * 0.15 / n_val) ** 0.5)
+    assert (choice.floor == {"source": "a", "val_accuracy": 0.85, "margin": margin}) == (expected == "full")
 
 
 def test_strategy_auto_end_to_end_writes_the_evidence_and_a_loadable_run(image_folder, tmp_path):

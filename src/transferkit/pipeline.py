@@ -87,10 +87,11 @@ def _fit(data: str | Path | TaskData, source: str, given: FitConfig, outdir: Out
     checkpoints = out / "checkpoints" if out is not None else None
     train_started = time.perf_counter()
     src, model, trainer = _train(task, source, cfg, verbose, checkpoints, out, deadline)
-    if floor is not None and trainer.stages[-1]["best_val_accuracy"] <= floor["val_accuracy"]:
-        # the full fine-tune did not beat the probe on validation: the probe is the run
+    if floor is not None and trainer.stages[-1]["best_val_accuracy"] <= floor["val_accuracy"] + floor["margin"]:
+        # the full fine-tune did not beat the probe on validation beyond the noise: the probe is the run
         selection["final"] = {"strategy": cfg.strategy, "val_accuracy": trainer.stages[-1]["best_val_accuracy"],
-                              "kept": "linear_probe", "why": f"below the probe's val {floor['val_accuracy']:.3f}"}
+                              "kept": "linear_probe", "why": f"not above the probe's val {floor['val_accuracy']:.3f} "
+                                                             f"+ one standard error {floor['margin']:.3f}"}
         source = floor["source"]
         given, cfg = (dataclasses.replace(c, strategy="linear_probe") for c in (given, cfg))
         selection["choice"], selection["chosen_strategy"] = source, "linear_probe"
