@@ -139,11 +139,38 @@ def test_a_fine_tune_is_chosen_only_beyond_the_noise_above_its_probe(fine_tune_v
     assert (choice.floor == {"source": "a", "val_accuracy": 0.85, "margin": margin}) == (expected == "full")
 
 
-def test_strategy_auto_end_to_end_writes_the_evidence_and_a_loadable_run(image_folder, tmp_path):
+def test_a_probe_perfect_on_validation_is_not_raced(task, monkeypatch):
+    """Nothing can beat val 1.0 beyond the noise: no cost is measured and no fine-tune runs."""
+    def evidence(source_id, task, cfg, cache_dir):
+        return {**_row(source_id, np.ones(len(task.train) + len(task.val), bool)), "probe_val_accuracy": 1.0, "seconds": 0.1,
+                "_modules": ["Conv2d"]}
+
+    monkeypatch.setattr(selection, "_evidence", evidence)
+    monkeypatch.setattr(selection, "plan_pairs", lambda *a: pytest.fail("the search should not be planned"))
+    choice = selection.choose(task, FitConfig(**{**FAST, "strategy": "auto", "candidates": TINY}), verbose=False)
+    assert choice.strategy == "linear_probe" and choice.report["rounds"] == []
+    assert "leaves no room" in choice.report["why"]
+
+
+@pytest.fixture(scope="module")
+def shuffled_folder(tmp_path_factory):
+    """Digits with their class folders shuffled: no probe is perfect on validation, so auto races."""
+    from transferkit.data.synthetic import write_image_folder
+
+    root = tmp_path_factory.mktemp("shuffled")
+    files = write_image_folder(root / "digits", {"0": 12, "1": 12, "2": 12, "3": 12}, size=32)
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(4), 12))
+    for f, label in zip(files, labels):
+        (root / "data" / str(label)).mkdir(parents=True, exist_ok=True)
+        f.rename(root / "data" / str(label) / f.name)
+    return root / "data"
+
+
+def test_strategy_auto_end_to_end_writes_the_evidence_and_a_loadable_run(shuffled_folder, tmp_path):
     from transferkit.runs import load_run
 
     torch.manual_seed(0)
-    run = fit(image_folder, source="auto", strategy="auto", out=tmp_path / "run", verbose=False,
+    run = fit(shuffled_folder, source="auto", strategy="auto", out=tmp_path / "run", verbose=False,
               **{**FAST, "candidates": TINY, "strategies": ["full"], "budget": 30})
     report = run.metrics["selection"]
     assert report["asked"] == {"source": "auto", "strategy": "auto"}

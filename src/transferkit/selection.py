@@ -162,8 +162,12 @@ def _choose(task: TaskData, cfg: FitConfig, source: str, clock: Clock, cache_dir
                                            r["combined"]))
     fine_tunes = [s for s in strategies if s != "linear_probe"]
     pairs, rounds, note = [], [], None
+    best_val = best_probe["probe_val_accuracy"] or 0.0
     if fine_tunes and not len(task.val):
         note = "no fine-tunes: the validation split that judges them is empty"
+    elif fine_tunes and best_val + floor_margin(best_val, len(task.val)) >= 1.0:
+        note = (f"no fine-tunes: the best probe's validation accuracy ({best_val:.3f}) leaves no room to beat it "
+                "beyond the noise")
     elif fine_tunes:
         pairs, plan, note = plan_pairs(task, cfg, alive, fine_tunes, clock)
         report["plan"] = plan
