@@ -139,8 +139,36 @@ def test_a_fine_tune_is_chosen_only_beyond_the_noise_above_its_probe(fine_tune_v
     assert (choice.floor == {"source": "a", "val_accuracy": 0.85, "margin": margin}) == (expected == "full")
 
 
+@pytest.mark.parametrize("gap, se, expected", [(0.06, 0.03, "lora"), (0.02, 0.03, "linear_probe")])
+def test_on_a_small_validation_split_the_fold_check_decides(gap, se, expected):
+    rows = [{"source": "a", "probe_val_accuracy": 1.0, "pruned": None, "probe_gap": None}]
+    check = {"source": "a", "strategy": "lora", "cv_accuracy": 0.9, "probe_cv_accuracy": 0.9 - gap, "gap": gap,
+             "se": se, "beats_probe": gap > selection.FLOOR_SE * se}
+    pair = selection._Pair("a", "lora", 0, 1.0, val_accuracy=1.0)  # val cannot tell: both at 1.0 of 16
+    choice = selection._decide(rows, rows[0], [pair], ["linear_probe", "lora"], None, 16, check)
+    assert choice.strategy == expected and choice.floor is None and "fold check" in choice.report["why"]
+
+
+def test_the_fold_check_predicts_every_example_out_of_fold_on_the_probes_folds(shuffled_folder):
+    from transferkit.engine.probe import CV_FOLDS, stratified_folds
+    from transferkit.training import resolve_options
+
+    task = load_task_data(shuffled_folder)
+    cfg = resolve_options(FitConfig(**{**FAST, "epochs": 1}), task)
+    y = np.concatenate([task.train.labels, task.val.labels])
+    probe = {"source": TINY[0], "cv_accuracy": 0.25, "_correct": np.zeros(len(y), bool)}
+    pair = selection._Pair(TINY[0], "full", 0, full_seconds=1.0, val_accuracy=0.5)
+    check = selection._fold_check(task, cfg, pair, probe, selection.Clock(3600), 0.0, lambda *a: None)
+    assert check["folds"] == len(stratified_folds(y, cfg.seed, CV_FOLDS)) == 3
+    assert len(check["correct"]) == len(y) and check["cv_accuracy"] == pytest.approx(check["correct"].mean())
+    assert check["gap"] == pytest.approx(check["cv_accuracy"])  # the probe got nothing right here
+    assert selection._fold_check(task, cfg, pair, probe, selection.Clock(0.5), 0.0, lambda *a: None)["skipped"]
+
+
 def test_a_probe_perfect_on_validation_is_not_raced(task, monkeypatch):
-    """Nothing can beat val 1.0 beyond the noise: no cost is measured and no fine-tune runs."""
+    """Nothing can beat val 1.0 beyond the noise (on a validation split big enough to judge): no cost
+    is measured and no fine-tune runs."""
+    monkeypatch.setattr(selection, "SMALL_VAL", 0)
     def evidence(source_id, task, cfg, cache_dir):
         return {**_row(source_id, np.ones(len(task.train) + len(task.val), bool)), "probe_val_accuracy": 1.0, "seconds": 0.1,
                 "_modules": ["Conv2d"]}

@@ -244,11 +244,12 @@ def _folds(y: np.ndarray, seed: int, most: int = MAX_FOLDS) -> list[tuple[np.nda
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
-def stratified_folds(y: np.ndarray, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def stratified_folds(y: np.ndarray, seed: int = 0, most: int = MAX_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (fit, held-out) index pairs ``fit_linear_head`` cross-validates on when the validation split
-    is not meaningful: stratified, up to ``MAX_FOLDS``, seeded; [] when a class has a single example.
-    For other models that choose a hyper-parameter the same way (``evaluation/baseline.py``)."""
-    return _folds(np.asarray(y, dtype=np.int64), seed)
+    is not meaningful (``cross_validate_head`` with ``most=CV_FOLDS``): stratified, up to ``most``,
+    seeded; [] when a class has a single example. For other models evaluated on the same folds
+    (``evaluation/baseline.py``, ``selection``'s fold check)."""
+    return _folds(np.asarray(y, dtype=np.int64), seed, most)
 
 
 def _as_float64(x: torch.Tensor) -> np.ndarray:
