@@ -82,7 +82,8 @@ def run_auto(target: str, path: Path, candidates: list[str], strategies: list[st
               "source": selection["choice"], "strategy": selection["chosen_strategy"],
               "budget_seconds": selection.get("budget_seconds"), "scores": selection["scores"],
               "uninformative_scores": selection["uninformative_scores"], "ranking": selection["ranking"],
-              "rounds": selection.get("rounds", []), "final": selection.get("final")}
+              "rounds": selection.get("rounds", []), "fold_check": selection.get("fold_check"),
+              "why": selection["why"], "final": selection.get("final")}
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(result, indent=1, default=float))
     return result
