@@ -139,11 +139,12 @@ def test_a_fine_tune_is_chosen_only_beyond_the_noise_above_its_probe(fine_tune_v
     assert (choice.floor == {"source": "a", "val_accuracy": 0.85, "margin": margin}) == (expected == "full")
 
 
-@pytest.mark.parametrize("gap, se, expected", [(0.06, 0.03, "lora"), (0.02, 0.03, "linear_probe")])
+@pytest.mark.parametrize("gap, se, expected", [(0.03, 0.04, "lora"), (0.0, 0.03, "linear_probe"),
+                                               (-0.02, 0.03, "linear_probe")])
 def test_on_a_small_validation_split_the_fold_check_decides(gap, se, expected):
     rows = [{"source": "a", "probe_val_accuracy": 1.0, "pruned": None, "probe_gap": None}]
     check = {"source": "a", "strategy": "lora", "cv_accuracy": 0.9, "probe_cv_accuracy": 0.9 - gap, "gap": gap,
-             "se": se, "beats_probe": gap > selection.FLOOR_SE * se}
+             "se": se, "beats_probe": gap > 0}
     pair = selection._Pair("a", "lora", 0, 1.0, val_accuracy=1.0)  # val cannot tell: both at 1.0 of 16
     choice = selection._decide(rows, rows[0], [pair], ["linear_probe", "lora"], None, 16, check)
     assert choice.strategy == expected and choice.floor is None and "fold check" in choice.report["why"]

@@ -75,7 +75,10 @@ FLOOR_SE = 1.0
 #: Fewer validation examples than this cannot judge a fine-tune against the probe (one standard
 #: error of the difference is 6 points or more at 80 % accuracy; on 16 tweets the probe's val 1.000
 #: hid fine-tunes 5-7 points better on test): the leading fine-tune is then cross-validated on the
-#: probe's folds over train + val and judged on every example, paired with the probe.
+#: probe's folds over train + val and judged on every example, paired with the probe: the better
+#: out-of-fold accuracy wins, a tie keeps the probe. (On the 4 benchmark targets where it ran, the
+#: sign of that paired gap matched the audit every time; asking for one standard error, 3-7
+#: points on 56-72 examples, would have kept the probe where a fine-tune was 5 points better.)
 SMALL_VAL = 100
 #: Share of the budget kept back for what the plan cannot time ahead (test predictions,
 #: the baseline, writing the run) beyond their estimates.
@@ -498,8 +501,8 @@ def _fold_check(task: TaskData, cfg: FitConfig, pair: _Pair, best_probe: dict, c
                 say) -> dict:
     """``pair`` fine-tuned with its full schedule on each of the best probe's folds over train +
     val (the folds ``cross_validate_head`` used: same labels, same seed), every example predicted
-    out of fold; the paired difference with the probe's out-of-fold correctness decides (one
-    standard error). Skipped, with the reason, when the folds do not fit the time left."""
+    out of fold; the fine-tune wins when its out-of-fold accuracy is above the probe's (paired,
+    same examples). Skipped, with the reason, when the folds do not fit the time left."""
     from transferkit.data.base import Split
     from transferkit.engine.probe import CV_FOLDS, stratified_folds
     from transferkit.runs import predict_proba
@@ -533,7 +536,7 @@ def _fold_check(task: TaskData, cfg: FitConfig, pair: _Pair, best_probe: dict, c
     gap, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
     return check | {"cv_accuracy": float(correct.mean()), "probe_source": best_probe["source"],
                     "probe_cv_accuracy": best_probe["cv_accuracy"], "gap": gap, "se": se,
-                    "beats_probe": gap > FLOOR_SE * se, "seconds": time.perf_counter() - started, "correct": correct}
+                    "beats_probe": gap > 0, "seconds": time.perf_counter() - started, "correct": correct}
 
 
 def _decide(rows: list[dict], best_probe: dict, pairs: list[_Pair], strategies: list[str],
@@ -547,8 +550,7 @@ def _decide(rows: list[dict], best_probe: dict, pairs: list[_Pair], strategies: 
                           {"why": f"won the short fine-tunes and the fold check ({measured})"})
         return Choice(best_probe["source"], "linear_probe",
                       {"why": f"the best probe: the leading fine-tune ({fold_check['source']} + "
-                              f"{fold_check['strategy']}) did not beat it by one standard error in the fold check "
-                              f"({measured})"})
+                              f"{fold_check['strategy']}) did not beat it in the fold check ({measured})"})
     probe_val = {r["source"]: r["probe_val_accuracy"] for r in rows}
     if not pairs:  # no fine-tune to judge: the best probe, or the top source for the asked strategy
         if "linear_probe" in strategies:
