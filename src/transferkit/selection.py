@@ -440,6 +440,12 @@ def _describe_plan(plan: dict) -> str:
 # -- successive halving --------------------------------------------------------------------------------
 
 
+def _search_config(cfg: FitConfig, **changes) -> FitConfig:
+    """``cfg`` for a run of the search: no baseline, WiSE-FT, early stop, checkpoints or trackers."""
+    return dataclasses.replace(cfg, baseline="none", wise_ft=False, wise_ft_per_group=False, patience=0,
+                               checkpoint_every=0, report_to=[], resume=False, **changes)
+
+
 def _halving(task: TaskData, cfg: FitConfig, pairs: list[_Pair], fraction: float, clock: Clock, keep_seconds: float,
              say, verbose: bool = False) -> list[dict]:
     """Short fine-tunes of ``pairs``, ETA x the steps each round for the best 1/ETA; sets each
@@ -454,8 +460,7 @@ def _halving(task: TaskData, cfg: FitConfig, pairs: list[_Pair], fraction: float
         if share >= 1:  # the next round would be the full run: the leader of this one goes on
             break
         epochs = max(1, round(share * cfg.epochs))
-        short = dataclasses.replace(cfg, epochs=epochs, baseline="none", wise_ft=False, wise_ft_per_group=False,
-                                    patience=0, checkpoint_every=0, report_to=[], resume=False)
+        short = _search_config(cfg, epochs=epochs)
         planned = sum(p.full_seconds for p in alive) * epochs / cfg.epochs
         say(f"{clock.stamp()} Round {r + 1}: {len(alive)} pair(s) x {epochs} of {cfg.epochs} epochs "
             f"(~{planned:.0f}s)")
@@ -520,8 +525,7 @@ def _fold_check(task: TaskData, cfg: FitConfig, pair: _Pair, best_probe: dict, c
     say(f"{clock.stamp()} Validation has {len(task.val)} examples: cross-validating {pair.source} + "
         f"{pair.strategy} on the probe's {len(folds)} folds (~{estimate:.0f}s)")
     started, correct = time.perf_counter(), np.zeros(len(y), dtype=bool)
-    short = dataclasses.replace(cfg, strategy=pair.strategy, baseline="none", wise_ft=False, wise_ft_per_group=False,
-                                patience=0, checkpoint_every=0, report_to=[], resume=False)
+    short = _search_config(cfg, strategy=pair.strategy)
 
     def split(index: np.ndarray) -> Split:
         return Split([examples[i] for i in index], y[index], {k: v[index] for k, v in extra.items()})

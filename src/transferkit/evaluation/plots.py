@@ -147,14 +147,19 @@ def confusion_matrix(classes: list[str], matrix: list[list[int]], title: str = "
     return _png(fig)
 
 
+def _class_axis(classes: list[str]) -> tuple[bool, float]:
+    """Whether class names on the x axis are rotated (more than 8), and the bottom margin they need."""
+    rotate = len(classes) > 8
+    return rotate, (0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45)
+
+
 def per_class(per_class: dict, baseline: dict | None = None) -> bytes | None:
     """Precision, recall and F1 per class (bars); the baseline's F1 as markers when known."""
     if not per_class:
         return None
     classes = list(per_class)
     n = len(classes)
-    rotate = n > 8
-    bottom = 0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45
+    rotate, bottom = _class_axis(classes)
     fig, (ax,) = _figure(9.0, 2.6 + bottom, left=0.55, top=0.4, bottom=bottom)
     width = 0.26
     xs = range(n)
@@ -302,8 +307,7 @@ def class_gain(per_class: dict, baselines: dict[str, dict]) -> bytes | None:
     if not classes or not baselines:
         return None
     n, k = len(classes), len(baselines)
-    rotate = n > 8
-    bottom = 0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45
+    rotate, bottom = _class_axis(classes)
     fig, (ax,) = _figure(9.0, 2.6 + bottom, left=0.7, top=0.4, bottom=bottom)
     width = 0.8 / k
     hatches = ("", "//", "..")
@@ -397,8 +401,7 @@ def per_class_runs(classes: list[str], recalls: dict[str, dict[str, float]]) -> 
     if not classes or not recalls:
         return None
     n, k = len(classes), len(recalls)
-    rotate = n > 8
-    bottom = 0.075 * max(len(_short(c)) for c in classes) * 0.75 + 0.4 if rotate else 0.45
+    rotate, bottom = _class_axis(classes)
     fig, (ax,) = _figure(9.0, 2.6 + bottom, left=0.55, top=0.45, bottom=bottom)
     width = 0.8 / k
     for j, (name, recall) in enumerate(recalls.items()):
