@@ -150,6 +150,15 @@ def test_on_a_small_validation_split_the_fold_check_decides(gap, se, expected):
     assert choice.strategy == expected and choice.floor is None and "fold check" in choice.report["why"]
 
 
+def test_pairs_tied_with_the_leader_in_its_last_round_are_fold_checked_too():
+    pairs = [selection._Pair(s, st, i, 1.0, val_accuracy=v)
+             for i, (s, st, v) in enumerate([("a", "lp_ft", 0.7), ("a", "full", 0.7), ("b", "lp_ft", 0.7), ("b", "full", 0.5)])]
+    last = [{"source": p.source, "strategy": p.strategy, "val_accuracy": p.val_accuracy} for p in pairs[:2] + pairs[3:]]
+    rounds = [{"results": [{"source": "b", "strategy": "lp_ft", "val_accuracy": 0.7}]}, {"results": last}]
+    tied = selection._tied_leaders(pairs, rounds)  # b + lp_ft reached 0.7 in an earlier, shorter round only
+    assert [(p.source, p.strategy) for p in tied] == [("a", "lp_ft"), ("a", "full")]
+
+
 def test_the_fold_check_predicts_every_example_out_of_fold_on_the_probes_folds(shuffled_folder):
     from transferkit.engine.probe import CV_FOLDS, stratified_folds
     from transferkit.training import resolve_options

@@ -28,8 +28,9 @@ The search spends its time cheapest evidence first:
    one-standard-error rule: the simplest candidate unless another is better beyond the noise;
    on 32 validation examples one fine-tune beat the probe by 1 example and lost by 4 points on
    test); ``fit`` checks again after the full-length run (``Choice.floor``). A validation split
-   under ``SMALL_VAL`` examples cannot tell: the leading fine-tune is then cross-validated on the
-   probe's folds over train + val (``_fold_check``) and judged paired, example by example.
+   under ``SMALL_VAL`` examples cannot tell: the leading fine-tune (and any tied with it) is then
+   cross-validated on the probe's folds over train + val (``_fold_check``) and judged paired,
+   example by example.
 
 ``fit`` then trains the choice with its full schedule and a deadline. ``transferkit audit`` is
 the brute-force check of all this: every pair fully trained, several seeds.
@@ -190,8 +191,14 @@ def _choose(task: TaskData, cfg: FitConfig, source: str, clock: Clock, cache_dir
     fold_check = None
     if (len(task.val) < SMALL_VAL and pairs and pairs[0].val_accuracy is not None and "linear_probe" in strategies
             and best_probe["_correct"] is not None):
-        fold_check = _fold_check(task, cfg, pairs[0], best_probe, clock, report["plan"]["keep_seconds"], say)
-        report["fold_check"] = {k: v for k, v in fold_check.items() if k != "correct"}
+        checks = []
+        for pair in _tied_leaders(pairs, rounds):  # a tie on a few validation examples says nothing
+            checks.append(_fold_check(task, cfg, pair, best_probe, clock, report["plan"]["keep_seconds"], say))
+            if "skipped" in checks[-1]:
+                break
+        done = [c for c in checks if "beats_probe" in c]
+        fold_check = max(done, key=lambda c: c["cv_accuracy"]) if done else checks[0]
+        report["fold_check"] = [{k: v for k, v in c.items() if k != "correct"} for c in checks]
     choice = _decide(rows, best_probe, pairs, strategies, note, len(task.val), fold_check)
     report |= {"ranking": public_rows(rows), "choice": choice.source, "chosen_strategy": choice.strategy, "confidence": _confidence(rows, choice),
                "why": choice.report["why"], "seconds": clock.elapsed()}
@@ -502,6 +509,14 @@ def floor_margin(accuracy: float, n: int) -> float:
     return FLOOR_SE * math.sqrt(2 * accuracy * (1 - accuracy) / n) if n else 0.0
 
 
+def _tied_leaders(pairs: list[_Pair], rounds: list[dict]) -> list[_Pair]:
+    """The leader (``pairs[0]``) and the pairs of its last round at the same validation accuracy."""
+    leader = pairs[0]
+    last = rounds[-1]["results"] if rounds else []
+    tied = {(x["source"], x["strategy"]) for x in last if x["val_accuracy"] == leader.val_accuracy}
+    return [leader] + [p for p in pairs[1:] if (p.source, p.strategy) in tied]
+
+
 def _fold_check(task: TaskData, cfg: FitConfig, pair: _Pair, best_probe: dict, clock: Clock, keep_seconds: float,
                 say) -> dict:
     """``pair`` fine-tuned with its full schedule on each of the best probe's folds over train +
@@ -548,7 +563,8 @@ def _decide(rows: list[dict], best_probe: dict, pairs: list[_Pair], strategies: 
     """The choice and why (see the module docstring, step 6)."""
     if fold_check is not None and "beats_probe" in fold_check:  # judged on every example, not on val
         measured = (f"{fold_check['cv_accuracy']:.3f} out of fold against the probe's "
-                    f"{fold_check['probe_cv_accuracy']:.3f}, paired gap {fold_check['gap']:+.1%} ± {fold_check['se']:.1%}")
+                    f"{fold_check['probe_cv_accuracy']:.3f}, paired gap {fold_check['gap']:+.1%} "
+                    f"± {fold_check['se']:.1%}")
         if fold_check["beats_probe"]:
             return Choice(fold_check["source"], fold_check["strategy"],
                           {"why": f"won the short fine-tunes and the fold check ({measured})"})
