@@ -49,7 +49,7 @@ import torch
 
 from transferkit.config import FitConfig
 from transferkit.data.base import TaskData
-from transferkit.engine.progress import Stage
+from transferkit.engine.progress import Stage, clock as format_clock
 from transferkit.errors import ConfigError
 from transferkit.ranking import check_modality, check_source_ids, default_candidates, fmt, load_candidate, scored_row
 
@@ -122,7 +122,7 @@ class Clock:
         return self.budget - self.elapsed()
 
     def stamp(self) -> str:
-        return f"[{_mmss(self.elapsed())} of {_mmss(self.budget)}]"
+        return f"[{format_clock(self.elapsed())} of {format_clock(self.budget)}]"
 
 
 def choose(task: TaskData, cfg: FitConfig, *, source: str = "auto", clock: Clock | None = None,
@@ -441,7 +441,7 @@ def _round_count(n: int) -> int:
 def _describe_plan(plan: dict) -> str:
     return (f"Plan: {plan['pairs']} fine-tuning pair(s), {plan['rounds']} round(s) of successive halving from "
             f"{plan['fraction']:.0%} of the schedule (~{plan.get('search_seconds', 0):.0f}s), then the winner's full "
-            f"run (~{plan['final_seconds']:.0f}s); ETA {_mmss(plan['eta_seconds'])}")
+            f"run (~{plan['final_seconds']:.0f}s); ETA {format_clock(plan['eta_seconds'])}")
 
 
 # -- successive halving --------------------------------------------------------------------------------
@@ -635,6 +635,3 @@ def format_selection(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _mmss(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}:{seconds % 60:02d}"

@@ -434,7 +434,9 @@ def load_hf_dataset(
         chosen = chosen or cols
         opened.append((shard, schema, batches))
     log.stop_if_structural(FIX)
-    assert chosen is not None
+    if chosen is None:  # every shard unreadable or without the columns, each already reported above
+        raise DataError(f"`path` {str(path)!r}: no shard has an example column and a `label_column` "
+                        f"{label_column!r}; pass `--label-column` / `--path-column`, or re-save the dataset.")
     store = _Store(chosen.modality)
 
     pending: list[_Pending] = []
