@@ -3,10 +3,11 @@
 Two workloads, same torch threads for every variant:
 
 - **image**: packaged ``mobilenet_v2`` (ImageNet-1k) at 64 px on Fashion-MNIST PNGs (10 labels
-  per class: 80 train + 20 val), 2 epochs, batch 32, AdamW (lr 1e-4, weight decay 0.01), warm-up + cosine, light augmentation;
+  per class: 80 train + 20 val), 2 epochs, batch 32, AdamW over the ``full`` strategy's groups
+  (shared layers at its default lr, the new head at its head lr), warm-up + cosine, light augmentation;
 - **text**: a tiny BERT (2 layers, 128 wide, the MiniLM tokenizer; saved with ``save_pretrained``
   and loaded as ``hf:DIR``) on 100 SpamAssassin emails (64 train), 128 tokens, batch 16, 1 epoch,
-  lr 5e-4.
+  lr 5e-4 (the head at its head lr).
 
 Sizes are small so that three alternated rounds fit on 2 busy cores; ``--quick`` runs one round.
 
@@ -15,10 +16,10 @@ Variants, alternated within each round (rotating which goes first):
 - **transferkit**: ``pipeline.train_target(strategy="full")``: the Accelerate loop with its
   per-epoch validation pass and best-weights snapshot (both counted: they are part of the work);
 - **bare**: a plain loop over the same model (same seed, same head), the same ``AdamW`` groups,
-  schedule, batch, data order and augmentation (transferkit's ``EpochSampler`` and
+  schedule, batch, data order, augmentation and BatchNorm statistics (the source's, kept) (transferkit's ``EpochSampler`` and
   ``SeededExamples`` so that the loss curves can be compared), no validation;
 - **hf_trainer** (text only): ``transformers.Trainer`` training the very same ``TargetModel``
-  (wrapped to return the loss), same batch, lr, weight decay, warm-up ratio, cosine schedule,
+  (wrapped to return the loss), same batch, AdamW groups, weight decay, warm-up ratio, cosine schedule,
   no evaluation, no checkpoints.
 
 steps/s = optimiser steps / wall seconds of the whole training call. The same seed must give the
@@ -67,6 +68,8 @@ def main() -> None:
     from transferkit.data import load_task_data
     from transferkit.engine import loop as engine_loop
     from transferkit.engine.data import EpochSampler, SeededExamples
+    from transferkit.engine.schedule import resolve_schedule
+    from transferkit.strategies import get_strategy
     from transferkit.training import prepare_source, train_target
     from transferkit.sources import input_pipeline, load_source
     from transferkit.sources.inputs import ExampleDataset
@@ -107,12 +110,19 @@ def main() -> None:
                 _, trainer = train_target(w["task"], s, w["cfg"], verbose=False)
         finally:
             engine_loop.Trainer._loss = original_loss
-        steps = w["cfg"].epochs * math.ceil(len(w["task"].train) / w["cfg"].batch_size)
+        steps = sum(st["optimizer_steps"] for st in trainer.stages)
         return {"seconds": t.seconds, "steps": steps, "losses": list(recorded),
                 "outside_stage_seconds": t.seconds - sum(st["seconds"] for st in trainer.stages)}
 
+    def resolved(w):
+        return resolve_schedule(w["cfg"], len(w["task"].train))
+
+    def optimizer_of(cfg, model):
+        """AdamW over the `full` strategy's groups: the shared layers at its lr, the new head at its head lr."""
+        return torch.optim.AdamW(get_strategy("full")(cfg).param_groups(model), weight_decay=cfg.weight_decay)
+
     def model_and_data(w):
-        cfg = w["cfg"]
+        cfg = resolved(w)
         s = prepare_source(fresh(w["source"]), cfg, w["task"])
         torch.manual_seed(cfg.seed)  # as train_target: the head's initialisation
         model = build_target_model(s, {"label": len(w["task"].classes)})
@@ -123,7 +133,7 @@ def main() -> None:
         return model, data
 
     def bare(w):
-        cfg = w["cfg"]
+        cfg = resolved(w)
         model, data = model_and_data(w)
         losses = []
         with Timer() as t:
@@ -132,13 +142,15 @@ def main() -> None:
             # generator, which shifts every later dropout mask.
             loader = torch.utils.data.DataLoader(examples, batch_size=cfg.batch_size, sampler=sampler,
                                                  collate_fn=data.collate, generator=torch.Generator().manual_seed(cfg.seed))
-            optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters()], "lr": cfg.lr}],
-                                          weight_decay=cfg.weight_decay)
+            optimizer = optimizer_of(cfg, model)
             total = cfg.epochs * len(loader)
             warmup = int(cfg.warmup_ratio * total)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step / max(1, warmup) if step < warmup
                                                          else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
             model.train()
+            for module in model.modules():  # as transferkit's `--bn-stats auto` on a pretrained source
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
             for epoch in range(cfg.epochs):
                 sampler.epoch = examples.epoch = epoch
                 for inputs, labels in loader:
@@ -153,7 +165,7 @@ def main() -> None:
     def hf_trainer(w):
         from transformers import Trainer, TrainingArguments
 
-        cfg = w["cfg"]
+        cfg = resolved(w)
         model, data = model_and_data(w)
 
         class Wrapped(torch.nn.Module):
@@ -170,13 +182,14 @@ def main() -> None:
             return {**inputs, "labels": labels["label"]}
 
         targs = TrainingArguments(output_dir=str(WORK / "hf-trainer-out"), per_device_train_batch_size=cfg.batch_size,
-                                  num_train_epochs=cfg.epochs, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+                                  num_train_epochs=cfg.epochs, weight_decay=cfg.weight_decay,
                                   warmup_steps=int(cfg.warmup_ratio * cfg.epochs * math.ceil(len(data) / cfg.batch_size)),
                                   lr_scheduler_type="cosine", save_strategy="no",
                                   eval_strategy="no", report_to=[], logging_strategy="no", use_cpu=True,
                                   disable_tqdm=True, seed=cfg.seed, dataloader_num_workers=0,
                                   remove_unused_columns=False)
-        trainer = Trainer(model=Wrapped(model), args=targs, train_dataset=data, data_collator=collate)
+        trainer = Trainer(model=Wrapped(model), args=targs, train_dataset=data, data_collator=collate,
+                          optimizers=(optimizer_of(cfg, model), None))  # HF's cosine schedule over our groups
         with Timer() as t:
             out = trainer.train()
         return {"seconds": t.seconds, "steps": out.global_step}

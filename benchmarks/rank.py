@@ -13,6 +13,8 @@ Protocols (all offline; data = scikit-learn digits written as 64 px PNGs, 10 cla
    count too). On a shared, oversubscribed machine wall time swings by 2x between rounds and
    CPU time is the steadier measure of the work added. Sources are loaded once before timing
    (model loading is reported apart; the floor has none).
+   Then the cost of a ``@random`` control: the first source against its ``@random`` copy
+   (``control_cost``; target <= 1.2).
 2. **Scorer cost**: every registered scorer on synthetic features (10 classes, N up to
    10,000 at D = 1280, and D growing at fixed N; LEEP/NCE get N x 1000 probabilities).
 3. **Agreement** (``--agreement``): every scorer on every packaged image source and its
@@ -105,6 +107,35 @@ class Clock:
 
     def __exit__(self, *exc):
         self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+#: Digits per class of the control-cost protocol (~400 train images, the size issue 17 names).
+CONTROL_PER_CLASS = 60
+
+
+def control_cost(args, root: Path) -> dict:
+    """Seconds to score a ``@random`` control against its pretrained source (same architecture,
+    same ``CONTROL_PER_CLASS`` digits per class, LogME, no cache): the control also pays for its BatchNorm statistics, estimated
+    from target examples. Fresh copies per call (the estimate marks a source's statistics done);
+    alternated rounds, medians; target: ratio <= 1.2."""
+    import copy
+
+    task = load_task_data(digits_folder(root, CONTROL_PER_CLASS))
+    source_id = args.sources[0]
+    (pretrained, control), _ = load_sources([source_id, f"{source_id}@random"], args.image_size)
+    rank_sources(task, [copy.deepcopy(control)], ["logme"], batch_size=args.batch_size, use_cache=False)  # warm-up
+    times: dict[str, list[float]] = {"pretrained": [], "random": []}
+    for r in range(args.repeats):
+        for name in (("pretrained", "random") if r % 2 == 0 else ("random", "pretrained")):
+            src = copy.deepcopy(pretrained if name == "pretrained" else control)
+            with Clock() as clock:
+                rank_sources(task, [src], ["logme"], batch_size=args.batch_size, use_cache=False)
+            times[name].append(clock.wall)
+        print(f"  round {r + 1}: pretrained {times['pretrained'][-1]:.2f}s, @random {times['random'][-1]:.2f}s",
+              flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"source": source_id, "images": len(task.train), "rounds": times, "median_seconds": med,
+            "random_over_pretrained": med["random"] / med["pretrained"], "target": "<= 1.2"}
 
 
 def speed(args, root: Path) -> dict:
@@ -325,6 +356,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"rank_time / floor = {s['rank_over_floor']:.3f} wall, {s['rank_over_floor_cpu']:.3f} CPU "
                   f"(target <= 1.10); cached / floor = {s['cached_over_floor']:.3f} wall, "
                   f"{s['cached_over_floor_cpu']:.3f} CPU (target <= 0.10)", flush=True)
+            print(f"Cost of a @random control: {args.sources[0]} against {args.sources[0]}@random", flush=True)
+            results["control_cost"] = control_cost(args, root)
+            print(f"@random / pretrained = {results['control_cost']['random_over_pretrained']:.3f} "
+                  "(target <= 1.2)", flush=True)
             print("Scorer cost (seconds per fit, 10 classes, synthetic features)", flush=True)
             results["scorers"] = scorer_cost(args)
     results["machine"]["load_average_end"] = list(os.getloadavg())

@@ -521,7 +521,7 @@ def plan(args, tk_strategies: set[str]) -> list[dict]:
                 strategies = ([s for s in (args.strategies or TK_STRATEGIES[modality]) if modality_runs(s, modality)]
                               if tool == "transferkit" else ["-"])
                 for strategy in strategies:
-                    if tool == "transferkit" and strategy not in tk_strategies:
+                    if tool == "transferkit" and strategy not in tk_strategies | {"auto"}:
                         log(f"skip transferkit {strategy}: not in `transferkit strategies`")
                         continue
                     groups.append({"tool": tool, "strategy": strategy, "target": target_name, "modality": modality,
@@ -530,8 +530,14 @@ def plan(args, tk_strategies: set[str]) -> list[dict]:
     return groups
 
 
-def main() -> None:
-    parser = common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def main(doc: str = __doc__, quick: dict = QUICK, full: dict | None = None, lines: bool = False) -> None:
+    """The grid of ``--targets`` x ``--sizes`` x ``--seeds`` x ``--tools`` (x ``--strategies``).
+
+    ``quick`` and ``full`` give the defaults of ``--quick`` and of a plain run (``full`` None:
+    every target, size, seed and tool); ``lines`` also prints one JSON line per (tool,
+    strategy, target, size) before the summary (``benchmarks/peers.py``).
+    """
+    parser = common_args(argparse.ArgumentParser(description=doc.split("\n")[0],
                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--targets", help=f"comma list of {IMAGE_TARGETS + TEXT_TARGETS} (default: all)")
     parser.add_argument("--sizes", help="comma list of labels per class and/or 'full' (default 8,32,128,full)")
@@ -561,7 +567,7 @@ def main() -> None:
         print(json.dumps(rows, default=float), flush=True)
         return
 
-    q = QUICK if args.quick else {}
+    q = quick if args.quick else (full or {})
     args.targets = parse_list(args.targets, q.get("targets", IMAGE_TARGETS + TEXT_TARGETS))
     args.sizes = parse_list(args.sizes, q.get("sizes", SIZES))
     args.seeds = [int(s) for s in parse_list(args.seeds, [str(s) for s in q.get("seeds", [0, 1, 2])])]
@@ -614,6 +620,10 @@ def main() -> None:
     meta["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = markdown(summary, meta)
     print(text)
+    if lines:
+        for a in summary:
+            print(json.dumps({k: a[k] for k in ("tool", "strategy", "target", "size", "seeds", "n", "accuracy_mean",
+                                                "accuracy_std", "seconds_mean", "errors")}, default=float))
     if args.out:
         (args.out / "recipes.json").write_text(json.dumps({**meta, "summary": summary, "cells": rows}, indent=1,
                                                           default=float))

@@ -57,7 +57,7 @@ from torch import nn
 
 from transferkit.engine import distributed
 from transferkit.data.base import examples_fingerprint
-from transferkit.engine.extract import DECODE_CHUNK, eval_on_device, extract_sources
+from transferkit.engine.extract import DECODE_CHUNK, eval_on_device, extract_sources, inference_layout, prefetched
 from transferkit.errors import ConfigError, DataError
 from transferkit.sources.base import SourceModel
 from transferkit.sources.inputs import ExampleDataset, input_pipeline
@@ -69,8 +69,11 @@ __all__ = ["CACHE_ENV", "CACHE_FORMAT", "DECODE_CHUNK", "STATISTICS_EXAMPLES", "
 #: Bumped when the cache layout or the way features are computed changes.
 CACHE_FORMAT = "1"
 CACHE_ENV = "TRANSFERKIT_CACHE"
-#: At most this many target examples estimate a random-init source's BatchNorm statistics.
-STATISTICS_EXAMPLES = 1024
+#: At most this many target examples estimate a random-init source's BatchNorm statistics. Each
+#: statistic averages examples x positions, so 128 images pin it down: on 380 Fashion-MNIST images,
+#: 128 instead of all of them moved LogME of ``mobilenet_v2@random`` by 0.0003 (its gap to the
+#: pretrained source is 0.35) and brought the cost of scoring it from 2.1x to 1.2x the pretrained one.
+STATISTICS_EXAMPLES = 128
 
 
 @dataclass
@@ -230,14 +233,14 @@ def statistics_subset(examples: Sequence) -> list:
 
 
 class _DictInputs(nn.Module):
-    """Calls ``backbone(**inputs)`` on one batch dict, moved to ``device``."""
+    """Calls ``backbone(**inputs)`` on one batch dict, moved by ``to_device``."""
 
-    def __init__(self, backbone: nn.Module, device: torch.device) -> None:
+    def __init__(self, backbone: nn.Module, to_device) -> None:
         super().__init__()
-        self.backbone, self.device = backbone, device
+        self.backbone, self.to_device = backbone, to_device
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.backbone(**{k: v.to(self.device) for k, v in inputs.items()})
+        return self.backbone(**self.to_device(inputs))
 
 
 def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_size: int = 64,
@@ -270,7 +273,8 @@ def estimate_batchnorm_statistics(src: SourceModel, examples: Sequence, batch_si
     device = torch.device(device) if device is not None else distributed.device()
     restore = eval_on_device(src, device)
     try:
-        update_bn(loader, _DictInputs(src.backbone, device))
+        with inference_layout(src.backbone, device) as to_device:
+            update_bn(prefetched(loader), _DictInputs(src.backbone, to_device))
     finally:
         restore()
     src.stale_statistics = False

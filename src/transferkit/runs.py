@@ -21,6 +21,7 @@ from transferkit._io import load_weights, read_json, save_weights, write_json
 from transferkit._version import __version__
 from transferkit.config import FitConfig
 from transferkit.data import TaskData, load_task_data
+from transferkit.engine.extract import in_pieces, inference_layout, prefetched
 from transferkit.errors import ConfigError, DataError, UnsafeFileError
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.outdir import OutputDir
@@ -228,7 +229,9 @@ def predict_proba(model: TargetModel, src: SourceModel, examples: list, task: st
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
     device = next(model.parameters()).device
     model.eval()
-    out = [torch.softmax(model(**{k: v.to(device) for k, v in x.items()})[task].float(), -1).cpu() for x, _ in loader]
+    with inference_layout(model, device) as to_device:
+        out = [torch.softmax(model(**to_device(piece))[task].float(), -1).cpu()
+               for x, _ in prefetched(loader) for piece in in_pieces(x)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.heads[task][-1].out_features))
 
 
