@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from _runs import assert_identical, finish, kill, result, run, run_here, start, wait_for, weights
+from _runs import _env, assert_identical, finish, free_port, kill, result, run, run_here, start, wait_for, weights
 
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine import launch
@@ -44,6 +44,30 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     v1, v2 = torch.tensor(r1["val_logits"]), torch.tensor(r2["val_logits"])
     assert v1.shape == v2.shape == (15, 4)
     assert torch.allclose(v1, v2, rtol=0, atol=TOLERANCE)
+
+
+def test_two_processes_rank_their_shards_and_the_main_one_writes_the_ranking(tmp_path):
+    """`transferkit rank` under torchrun: each process extracts half the images, the main process
+    alone claims and writes `--out`, and the scores are those of one process."""
+    import subprocess
+    import sys
+
+    from transferkit.data.synthetic import write_image_folder
+
+    data = tmp_path / "imgs"
+    write_image_folder(data, {"a": 6, "b": 6}, size=32)
+    rank = ["-m", "transferkit", "rank", str(data), "--sources", "timm:test_efficientnet@random", "--no-cache",
+            "--quiet", "--image-size", "32", "--scores", "logme,knn"]
+    launch_two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                  str(free_port())]
+    for name, cmd in (("one", [sys.executable, *rank]), ("two", [*launch_two, *rank])):
+        done = subprocess.run([*cmd, "--out", str(tmp_path / name)], env=_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    one, two = (json.loads((tmp_path / n / "ranking.json").read_text()) for n in ("one", "two"))
+    assert len(one) == len(two) == 1 and one[0]["examples"] == two[0]["examples"]
+    for score in ("logme", "knn"):
+        assert two[0][score] == pytest.approx(one[0][score], abs=1e-5)
 
 
 @pytest.mark.slow

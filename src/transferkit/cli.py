@@ -468,7 +468,10 @@ def rank(
     if controls:
         ids += [f"{i}@random" for i in ids if not i.endswith("@random")]
     check_source_ids(ids)  # did-you-mean errors before the data is read
-    with OutputDir.claim(out, "ranking", inputs=[data]) as outdir:
+    from transferkit.engine import is_main_process
+
+    # Under `torchrun` / `accelerate launch` every process extracts its shard; the main one writes.
+    with OutputDir.claim(out, "ranking", inputs=[data], lock=is_main_process()) as outdir:
         _rank_and_show(data, ids, names, split_names, outdir, batch_size=batch_size, cache_dir=cache_dir,
                        image_size=image_size, use_cache=not no_cache, seed=seed, text_column=text_column,
                        label_column=label_column, quiet=quiet)
@@ -482,12 +485,14 @@ def _rank_and_show(data: Path, ids: list[str], names: list[str], split_names: li
 
     task = load_task_data(data, text_column=text_column, label_column=label_column, seed=seed)
     console = _console()
-    if not quiet:
+    if not quiet and outdir.locked:
         n = sum(len(task.splits()[s]) for s in split_names)
         _say(console, f"Ranking {len(ids)} source(s) on {n} {task.modality} examples "
              f"({'+'.join(split_names)}) by {', '.join(names)}")
     rows = rank_sources(task, ids, names, batch_size=batch_size, cache_dir=cache_dir, image_size=image_size,
                         splits=split_names, use_cache=use_cache, seed=seed, verbose=not quiet)
+    if not outdir.locked:  # another process of a distributed ranking writes the folder
+        return
     paths = write_ranking(rows, outdir, title=f"{Path(data).name}: {len(task.classes)} classes")
     columns = [("rank", "number"), ("source", "name"), *((n, "number") for n in score_names(rows)),
                ("seconds", "number")]

@@ -108,6 +108,11 @@ class OutputDir:
                               "can write to.") from None
         return cls(path, kind, handle, created)
 
+    @property
+    def locked(self) -> bool:
+        """True in the process that holds the folder's lock: the one that writes into it."""
+        return self._lock is not None
+
     def publish(self, write: Callable[[Path], None]) -> None:
         """Writes the result with ``write(folder)`` beside the target, then swaps it into place.
 

@@ -41,9 +41,9 @@ CHANNELS_LAST_ON_CPU = True
 CONV_WEIGHT_SHARE = 0.5
 #: Pixels (images x height x width) of the image inputs in one forward pass at inference: three
 #: 224 px images, nine at 128 px, 36 at 64 px. Larger batches leave the caches: on 2 CPU threads,
-#: 64 images at 224 px took 1.30 s in one batch and 0.42 s in pieces of 3 (MobileNetV2), 1.75 s
-#: and 0.57 s (EfficientNet-Lite2), and the activations alive at once, not the weights, set the
-#: peak memory of extraction.
+#: 64 images at 224 px took 1.30 s in one batch and 0.35-0.42 s in pieces of 2-4 (MobileNetV2),
+#: 1.75 s and 0.49-0.57 s (EfficientNet-Lite2); and the activations alive at once, not the
+#: weights, set the peak memory of extraction.
 INFERENCE_PIXELS = 3 * 224 * 224
 _END = object()
 
