@@ -174,3 +174,22 @@ def test_the_convex_head_is_as_accurate_as_the_old_adamw_loop():
     convex = float(((xs @ fit.weight.T + fit.bias).argmax(1).numpy() == ys).mean())
     old = adamw_probe_accuracy(train, val, test)
     assert convex >= old - 0.005, (convex, old)
+
+
+def test_the_convex_fits_run_with_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from transferkit.engine import probe
+
+    seen = []
+    real_fit = probe._fit
+
+    def recording(*args):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return real_fit(*args)
+
+    monkeypatch.setattr(probe, "_fit", recording)
+    (xt, yt), (xv, yv), _ = toy_features(16)
+    probe.fit_linear_head(xt, yt, xv, yv, 4)
+    probe.cross_validate_head(xt, yt, xv, yv, 4)
+    assert seen and all(threads <= {1} for threads in seen)

@@ -35,14 +35,13 @@ reports). Deterministic for a seed (the folds are seeded; the solvers are determ
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import numpy as np
 import torch
 
 from transferkit.data.base import TaskData
-from transferkit.engine.probe import fit_linear_head, stratified_folds, validation_is_meaningful
+from transferkit.engine.probe import fit_linear_head, one_blas_thread, stratified_folds, validation_is_meaningful
 
 #: Image sides tried (pixels, square); ``DEFAULT_SIDE`` when there are too few examples to choose.
 PIXEL_SIDES = (8, 16, 32)
@@ -63,25 +62,10 @@ def classical_baseline(task: TaskData, seed: int = 0) -> tuple[np.ndarray, dict]
     return CLASSICAL[task.modality](task, seed)
 
 
-def _one_blas_thread(baseline):
-    """Runs ``baseline`` with one BLAS thread. Its fits are small (hundreds of examples): threads
-    gain nothing there, and on a busy machine OpenBLAS's spinning threads made a 320 x 1024
-    logistic regression 40x slower (1.6 s against 0.04 s on 2 cores with one taken)."""
-
-    @functools.wraps(baseline)
-    def run(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return baseline(*args, **kwargs)
-
-    return run
-
-
 # -- image ---------------------------------------------------------------------------------------
 
 
-@_one_blas_thread
+@one_blas_thread
 def pixels_baseline(task: TaskData, seed: int = 0) -> tuple[np.ndarray, dict]:
     """L2 logistic regression on downscaled pixels; the side (``PIXEL_SIDES``) and ``C`` chosen as
     the module describes. Images are decoded once, at the largest side."""
@@ -122,7 +106,7 @@ def _shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
 # -- text ----------------------------------------------------------------------------------------
 
 
-@_one_blas_thread
+@one_blas_thread
 def tfidf_baseline(task: TaskData, seed: int = 0) -> tuple[np.ndarray, dict]:
     """TF-IDF word 1-2 grams + char_wb 2-5 grams, logistic regression; ``C`` chosen as the module describes.
 
@@ -211,7 +195,7 @@ def _full_proba(model, x, k: int) -> np.ndarray:
 # -- audio ---------------------------------------------------------------------------------------
 
 
-@_one_blas_thread
+@one_blas_thread
 def logmel_baseline(task: TaskData, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Log-mel statistics (mean and std over time of 40 bands and of their deltas) + L2 logistic
     regression; ``C`` chosen as the module describes. Clips are decoded with ``open_audio`` at 16 kHz."""
@@ -245,7 +229,7 @@ def _logmel_stats(path) -> np.ndarray:
 # -- sequence ------------------------------------------------------------------------------------
 
 
-@_one_blas_thread
+@one_blas_thread
 def series_baseline(task: TaskData, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Series resampled to a fixed length (``SERIES_LENGTHS``, one chosen) plus summary statistics,
     + L2 logistic regression; the length and ``C`` chosen as the module describes."""
