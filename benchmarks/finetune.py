@@ -16,8 +16,9 @@ Variants, alternated within each round (rotating which goes first):
 - **transferkit**: ``pipeline.train_target(strategy="full")``: the Accelerate loop with its
   per-epoch validation pass and best-weights snapshot (both counted: they are part of the work);
 - **bare**: a plain loop over the same model (same seed, same head), the same ``AdamW`` groups,
-  schedule, batch, data order, augmentation and BatchNorm statistics (the source's, kept) (transferkit's ``EpochSampler`` and
-  ``SeededExamples`` so that the loss curves can be compared), no validation;
+  schedule, batch, data order, augmentation and BatchNorm statistics (the source's, kept; data
+  order and augmentation through transferkit's ``EpochSampler`` and ``SeededExamples``, so that
+  the loss curves can be compared), no validation;
 - **hf_trainer** (text only): ``transformers.Trainer`` training the very same ``TargetModel``
   (wrapped to return the loss), same batch, AdamW groups, weight decay, warm-up ratio, cosine schedule,
   no evaluation, no checkpoints.

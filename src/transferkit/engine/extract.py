@@ -12,7 +12,7 @@
 Both decode the next inputs in a helper thread while the current batch is in the model
 (:func:`prefetched`), run convolutional networks on CPU in the channels-last memory layout
 (:func:`inference_layout`), which oneDNN's convolutions use natively (on MobileNetV2 at 64 px
-1.3x faster, features equal to 1e-5), and feed images to the model in pieces of at most
+1.3x faster, features within 1.5e-5), and feed images to the model in pieces of at most
 ``INFERENCE_PIXELS`` (:func:`in_pieces`), whose activations stay in the CPU's caches.
 
 Nothing here is cached: the on-disk cache (``transferkit.features``) sits on top of this.
